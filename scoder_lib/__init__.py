@@ -1,0 +1,12 @@
+"""SCoder study library: every stage's logic lives here; notebooks only tell the story."""
+
+import os
+
+# Why: with the default (ACTIVE) wait policy, 2-thread OpenMP decoding on small CPUs randomly runs
+# 3-25x slower (measured on the 2-core reference machine). It must be set before torch loads,
+# and every notebook and entry point imports scoder_lib first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Why: tokenizers' own thread pool fights torch for the two cores and warns after fork().
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+__version__ = "0.1.0"
