@@ -11,7 +11,9 @@ RUN ?= $(PROFILE)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-OUT := outputs/$(RUN)
+OUTPUTS ?= outputs
+export SCODER_OUTPUTS := $(abspath $(OUTPUTS))
+OUT := $(OUTPUTS)/$(RUN)
 STAMPS := $(OUT)/.stamps
 PYTEST_ARGS ?=
 # The one papermill invocation lives in scoder_lib/runner.py; every stage goes through it.
@@ -22,7 +24,7 @@ RUN_STAGE = $(PY) -m scoder_lib.runner stage --run $(RUN)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
-	@echo "variables: PROFILE=$(PROFILE) (params/<PROFILE>.yaml)  RUN=$(RUN) (outputs/<RUN>/)"
+	@echo "variables: PROFILE=$(PROFILE) (params/<PROFILE>.yaml, or a path to a .yaml)  RUN=$(RUN) (outputs/<RUN>/)"
 
 # ---------------------------------------------------------------- set-up
 $(VENV)/.installed: pyproject.toml
@@ -44,9 +46,10 @@ model: venv  ## prepare (convert and cache) the models the profile names
 reproduce: model  ## run every stage of PROFILE into outputs/RUN (skips what is up to date)
 	@$(MAKE) --no-print-directory stages PROFILE=$(PROFILE) RUN=$(RUN)
 
-ifneq ($(filter stages,$(MAKECMDGOALS)),)
+ifneq ($(filter stages $(OUTPUTS)/%,$(MAKECMDGOALS)),)
 # Validate params and refresh stamps before make compares any timestamps.
-$(shell $(PY) -m scoder_lib.runner plan --profile $(PROFILE) --run $(RUN) >&2)
+# (make 4.3 does not export variables to $(shell), hence SCODER_OUTPUTS spelled out)
+$(shell SCODER_OUTPUTS=$(SCODER_OUTPUTS) $(PY) -m scoder_lib.runner plan --profile $(PROFILE) --run $(RUN) >&2)
 ifneq ($(.SHELLSTATUS),0)
 $(error params check failed: nothing was run)
 endif

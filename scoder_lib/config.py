@@ -146,6 +146,8 @@ class DedupOptions(Section):
     shingle_size: int = 5  # tokens per shingle
     # Snippets with fewer shingles than this are matched exactly on their token sequence only.
     min_shingles: int = 10
+    # LSH band/row choice: weight of false negatives vs false positives (datasketch default 0.5).
+    recall_weight: float = 0.8
     seed: int = 1
 
 

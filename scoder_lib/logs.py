@@ -34,7 +34,7 @@ class Progress:
     Why not tqdm: carriage-return bars turn into thousands of lines in papermill output and HTML.
     """
 
-    def __init__(self, total: int, desc: str, unit: str = "items", every_s: float = 15.0,
+    def __init__(self, total: int | None, desc: str, unit: str = "items", every_s: float = 15.0,
                  logger: logging.Logger | None = None):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.log = logger or get_logger("progress")
@@ -44,18 +44,25 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
-        if now - self._last >= self.every_s or self.done >= self.total:
+        if now - self._last >= self.every_s or (self.total is not None and self.done >= self.total):
             self._last = now
             self.log.info(self.line())
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
+        if self.total is None:  # streaming sources: count and rate only
+            return f"{self.desc}: {self.done} {self.unit}, {rate:.2f} {self.unit}/s, elapsed {elapsed:.0f}s"
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = f"{left:.0f}s" if left != float("inf") else "?"
         return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
                 f"{rate:.2f} {self.unit}/s, elapsed {elapsed:.0f}s, ETA {eta}")
+
+    def close(self) -> None:
+        """Final line for streams of unknown length."""
+        if self.total is None:
+            self.log.info(self.line())
 
     @property
     def elapsed(self) -> float:

@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
-from .config import REPO_ROOT, ConfigError, load_config
+from .config import REPO_ROOT, Config, ConfigError, load_config
 from .io import read_json, write_json, write_text
 from .logs import get_logger, setup_logging
 from .stages import (MARKER, STAGES, run_dir, run_profile, settings_hash, stage_def, stage_dir,
@@ -28,15 +29,18 @@ def _stamp_name(key: str, iteration: int | None) -> str:
 def plan(profile: str, run: str) -> int:
     """Validate params, then refresh stamp files whose settings hash changed (make's real targets)."""
     cfg = load_config(profile)  # raises ConfigError before anything is written
+    check_backends(cfg)
+    if profile.endswith((".yaml", ".yml")):
+        profile = str(Path(profile).resolve())  # a params file outside params/ (tests, experiments)
     out = run_dir(run)
+    meta = out / "run.json"
+    if meta.exists() and read_json(meta)["profile"] != profile:
+        raise ConfigError(f"{out} was made with profile '{read_json(meta)['profile']}', "
+                          f"not '{profile}': pick another RUN= or delete {out}")
     stamps = out / ".stamps"
     stamps.mkdir(parents=True, exist_ok=True)
-    meta = out / "run.json"
-    if meta.exists() and read_json(meta)["profile"] != cfg.profile:
-        raise ConfigError(f"outputs/{run} was made with profile '{read_json(meta)['profile']}', "
-                          f"not '{cfg.profile}': pick another RUN= or delete outputs/{run}")
     if not meta.exists():
-        write_json(meta, {"profile": cfg.profile, "run": run})
+        write_json(meta, {"profile": profile, "run": run})
     _write_if_changed(out / "params.resolved.json", dump_params(cfg) + "\n")
     changed = []
     for key, it in stage_instances(cfg):
@@ -47,6 +51,19 @@ def plan(profile: str, run: str) -> int:
     if changed:
         log.info("settings changed (or new) for: %s", ", ".join(changed))
     return 0
+
+
+def check_backends(cfg: Config) -> None:
+    """Fail before any work if a model asks for a backend whose package is missing."""
+    specs = [("synthesizer", cfg.synthesizer), ("final.student", cfg.final.student),
+             ("iterate.scorer", cfg.iterate.scorer), ("seed_stage.teacher.model", cfg.seed_stage.teacher.model)]
+    for where, spec in specs:
+        if spec is None or (where.startswith("seed_stage") and cfg.seed_stage.teacher.backend != "openai"):
+            continue
+        if spec.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"{where}: backend 'vllm' needs vLLM, which is not installed in {sys.prefix}: "
+                              "on GPUs `pip install vllm` into this venv; on CPUs set backend: "
+                              "transformers (vLLM's CPU build is exercised by `make test-vllm`)")
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -69,7 +86,7 @@ def run_stage(run: str, key: str, iteration: int | None) -> int:
     name = f"{key}_iter{iteration}" if sd.per_iteration else key
     executed = run_dir(run) / "notebooks" / f"{name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    log.info("running %s -> %s", sd.notebook.relative_to(REPO_ROOT), executed.relative_to(REPO_ROOT))
+    log.info("running notebooks/%s -> %s", sd.notebook.name, executed)
     params = {"run": run, "iteration": iteration if iteration is not None else 0}
     start = time.monotonic()
     failed: BaseException | None = None
@@ -111,11 +128,11 @@ def summary(run: str) -> int:
         marker = stage_dir(run, key, it) / MARKER
         (ran if marker.stat().st_mtime >= started else fresh).append(stage_id(key, it))
     if not ran:
-        print(f"Nothing to do: all {len(fresh)} stages of outputs/{run} are up to date "
-              f"(report: outputs/{run}/reports/index.html)")
+        print(f"Nothing to do: all {len(fresh)} stages of {run_dir(run)} are up to date "
+              f"(report: {run_dir(run)}/reports/index.html)")
     else:
         print(f"Ran {len(ran)} stage(s): {', '.join(ran)}; up to date: {', '.join(fresh) or 'none'}.\n"
-              f"Report: outputs/{run}/reports/index.html")
+              f"Report: {run_dir(run)}/reports/index.html")
     return 0
 
 
@@ -127,7 +144,7 @@ def report(run: str) -> int:
         key = nb.stem.split("_iter")[0]
         render_html(nb, run_dir(run) / "reports" / f"{nb.stem}.html", hide_code=stage_def(key).hide_code)
     write_index(run)
-    print(f"outputs/{run}/reports/index.html")
+    print(run_dir(run) / "reports" / "index.html")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,7 +15,6 @@ from .config import REPO_ROOT, Config, fingerprint, load_config
 from .io import read_json, write_json
 from .logs import get_logger, setup_logging
 
-OUTPUTS = REPO_ROOT / "outputs"
 NOTEBOOKS = REPO_ROOT / "notebooks"
 MARKER = "_SUCCESS.json"
 log = get_logger(__name__)
@@ -53,8 +53,13 @@ def stage_def(key: str) -> StageDef:
     return BY_KEY[key]
 
 
+def outputs_root() -> Path:
+    """Where runs live: outputs/ in the repository, or $SCODER_OUTPUTS (tests use a temp dir)."""
+    return Path(os.environ.get("SCODER_OUTPUTS") or REPO_ROOT / "outputs").resolve()
+
+
 def run_dir(run: str) -> Path:
-    return OUTPUTS / run
+    return outputs_root() / run
 
 
 def stage_dir(run: str, key: str, iteration: int | None = None) -> Path:
@@ -114,7 +119,7 @@ class Stage:
         folder = stage_dir(self.run, key, iteration)
         if not (folder / MARKER).exists():
             what = stage_id(key, iteration)
-            raise FileNotFoundError(f"stage {what} has not finished in outputs/{self.run}: "
+            raise FileNotFoundError(f"stage {what} has not finished in {run_dir(self.run)}: "
                                     f"run `make reproduce RUN={self.run}` (or its notebook) first")
         return folder
 
