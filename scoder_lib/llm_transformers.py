@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .config import ModelSpec, fingerprint
-from .llm import Backend, Completion, GenRequest, GenResult, sample_seed
+from .llm import Backend, Completion, GenRequest, GenResult, prompt_ids, sample_seed
 from .models import ModelRef, load
 
 
@@ -46,11 +46,7 @@ class TransformersBackend(Backend):
 
     # ------------------------------------------------------------------ encoding
     def encode(self, req: GenRequest) -> list[int]:
-        if req.messages:
-            out = self.tok.apply_chat_template(req.message_dicts(), add_generation_prompt=True,
-                                               tokenize=True, return_dict=True)
-            return list(out["input_ids"])
-        return list(self.tok(req.prompt)["input_ids"])
+        return prompt_ids(self.tok, req)
 
     # ------------------------------------------------------------------ public
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import transformers
+
 # Imported at the top on purpose: without vLLM, `from .llm_vllm import VllmBackend` must raise
 # ImportError, which make_backend turns into an install hint.
 from vllm import LLM, SamplingParams
@@ -25,7 +26,7 @@ from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
 
 from .config import REPO_ROOT, ModelSpec, fingerprint
-from .llm import Backend, Completion, GenRequest, GenResult, sample_seed
+from .llm import Backend, Completion, GenRequest, GenResult, prompt_ids, sample_seed
 from .logs import get_logger
 from .models import ModelRef, models_dir
 
@@ -40,10 +41,12 @@ CPU_KV_CACHE_GIB = 4
 
 class VllmBackend(Backend):
     name = "vllm"
-    chunk_size = 256  # vLLM schedules its own batches: larger chunks keep them full
 
     def __init__(self, ref: ModelRef, spec: ModelSpec, cache_dir: Path | None = None):
         self.spec = spec
+        # Requests per Generator chunk (what an interruption loses): vLLM schedules its own batches,
+        # so GPUs want big chunks; a CPU at ~70 tok/s would lose too much work with them.
+        self.chunk_size = 64 if current_platform.is_cpu() else 512
         self.lora: LoRARequest | None = None
         model = ref.path
         if ref.base and spec.vllm.lora_as_adapter:
@@ -53,7 +56,8 @@ class VllmBackend(Backend):
         # Adapter serving rounds differently from merged weights: give it its own cache key.
         extra = {"lora": "adapter"} if self.lora else {}
         self.fingerprint = fingerprint({"weights": ref.fingerprint, "dtype": spec.dtype, **extra})
-        self.llm = LLM(**engine_args(model, _tokenizer_source(ref), spec, self.lora is not None))
+        revision = None if ref.is_local else spec.revision  # a hub id's pinned revision
+        self.llm = LLM(**engine_args(model, _tokenizer_source(ref), spec, self.lora is not None, revision))
         # The transformers backend's tokenizer, loaded the same way (not vLLM's wrapper of it).
         self.tok = transformers.AutoTokenizer.from_pretrained(_tokenizer_source(ref))
         self.eos = _eos_ids(self.tok, self.llm.llm_engine.model_config)
@@ -61,11 +65,7 @@ class VllmBackend(Backend):
     # ------------------------------------------------------------------ encoding
     def encode(self, req: GenRequest) -> list[int]:
         """Prompt token ids, exactly as TransformersBackend.encode makes them."""
-        if req.messages:
-            out = self.tok.apply_chat_template(req.message_dicts(), add_generation_prompt=True,
-                                               tokenize=True, return_dict=True)
-            return list(out["input_ids"])
-        return list(self.tok(req.prompt)["input_ids"])
+        return prompt_ids(self.tok, req)
 
     def sampling_params(self, req: GenRequest, sample: int, **extra: Any) -> SamplingParams:
         """One sample of a request. Why n=1 per sample, not vLLM's `n`: vLLM seeds its n children
@@ -110,20 +110,24 @@ class VllmBackend(Backend):
             raise RuntimeError(f"vLLM finished a request with {out.finish_reason!r} ({out.stop_reason!r})")
         ids = list(out.token_ids)
         # vLLM counts the EOS it stopped on; the transformers backend does not.
-        if out.finish_reason == "stop" and ids and ids[-1] in self.eos and isinstance(out.stop_reason, int | None):
+        if out.finish_reason == "stop" and ids and ids[-1] in self.eos:
             ids = ids[:-1]
         return Completion(out.text, out.finish_reason, len(ids))
 
 
-def engine_args(model: str, tokenizer: str, spec: ModelSpec, lora: bool) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` for a spec (tensor/pipeline parallel, Ray across nodes)."""
+def engine_args(model: str, tokenizer: str, spec: ModelSpec, lora: bool,
+                revision: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` for a spec (tensor/pipeline parallel, Ray across nodes).
+
+    `dtype` goes through as named; note vLLM's "auto" turns a float32 checkpoint into float16,
+    where transformers keeps float32 (the default spec says float32, so both run float32)."""
     opts = spec.vllm
     args: dict[str, Any] = dict(
-        model=model, tokenizer=tokenizer, dtype=spec.dtype, revision=spec.revision,
+        model=model, tokenizer=tokenizer, dtype=spec.dtype,
         tensor_parallel_size=opts.tensor_parallel_size, pipeline_parallel_size=opts.pipeline_parallel_size,
         distributed_executor_backend=opts.distributed_executor_backend,
         gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
-        enforce_eager=opts.enforce_eager,
+        enforce_eager=opts.enforce_eager, revision=revision,
         seed=0,  # engine-wide default only: every sampled request carries its own seed
     )
     if lora:

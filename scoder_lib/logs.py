@@ -22,6 +22,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     # Third-party chatter (per-tensor GGUF bars, HTTP lines) drowns the story in reports.
     for noisy in ("httpx", "urllib3", "datasets", "transformers.modeling_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:  # per-tensor loading bars: thousands of lines in papermill output
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def get_logger(name: str) -> logging.Logger:

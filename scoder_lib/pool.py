@@ -220,3 +220,32 @@ def mine(cfg: Config) -> tuple[list[Snippet], list[Rejected], dict[str, int]]:
             progress.update()
         progress.close()
     return snippets, rejects, files
+
+
+def snippet_key(text: str) -> str:
+    """Identity of a snippet across stages and Python versions: its normalized text."""
+    from .codetokens import normalize
+
+    return fingerprint(normalize(text))
+
+
+def allocate(pool: list[dict[str, Any]], exclude: set[str], n: int, seed: int, salt: str) -> list[dict[str, Any]]:
+    """n pool snippets not in `exclude` (snippet keys), in a seeded order private to `salt`.
+
+    Why salted: each consumer (iteration t, final synthesis) draws from its own deterministic
+    order, so changing one stage's size never reshuffles another's snippets.
+    """
+    import random
+
+    order = list(range(len(pool)))
+    random.Random(f"{seed}:{salt}").shuffle(order)
+    out = []
+    for i in order:
+        if len(out) == n:
+            break
+        if snippet_key(pool[i]["text"]) not in exclude:
+            out.append(pool[i])
+    if len(out) < n:
+        raise ValueError(f"the pool has only {len(out)} unused snippets, {n} needed: "
+                         f"lower the sizes or add sources (preprocess.sources)")
+    return out

@@ -9,7 +9,7 @@ import argparse
 import json
 import time
 
-from scoder_lib.config import REPO_ROOT, ModelSpec, Sampling
+from scoder_lib.config import REPO_ROOT, ModelSpec, Sampling, VllmOptions
 from scoder_lib.llm import GenRequest
 from scoder_lib.logs import get_logger, setup_logging
 from scoder_lib.models import prepare
@@ -26,11 +26,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--eager", action="store_true", help="enforce_eager: skip torch.compile (faster start)")
     args = ap.parse_args()
 
     from scoder_lib.llm_vllm import VllmBackend  # after logging set-up: vLLM logs on import
 
-    spec = ModelSpec(name=args.model, backend="vllm", dtype=args.dtype)
+    spec = ModelSpec(name=args.model, backend="vllm", dtype=args.dtype,
+                     vllm=VllmOptions(enforce_eager=args.eager))
     start = time.monotonic()
     backend = VllmBackend(prepare(spec, REPO_ROOT / ".cache" / "scoder"), spec)
     started = time.monotonic() - start
@@ -42,7 +44,7 @@ def main() -> None:
     results = backend.generate(requests)
     elapsed = time.monotonic() - start
     tokens = sum(c.tokens for r in results for c in r.completions)
-    print(json.dumps({"engine_start_s": round(started, 1), "prompts": len(requests), "tokens": tokens,
+    print(json.dumps({"eager": args.eager, "engine_start_s": round(started, 1), "prompts": len(requests), "tokens": tokens,
                       "seconds": round(elapsed, 2), "tok_per_s": round(tokens / elapsed, 1)}))
     backend.close()
 

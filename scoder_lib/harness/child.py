@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import ctypes
-import io
 import json
 import linecache
 import math
@@ -31,6 +30,7 @@ _write, _exit, _dumps = os.write, os._exit, json.dumps
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _RESULT_FD = 3
+_SEGMENTS = ("<program>", "<solution>", "<tests>")
 
 
 def main(req: dict[str, Any], cfg: dict[str, Any], job_dir: str, nonce: str,
@@ -45,7 +45,7 @@ def main(req: dict[str, Any], cfg: dict[str, Any], job_dir: str, nonce: str,
         _drop_privileges(cfg.get("uid"))
         _fresh_interpreter_state(job_dir)
         g = cfg.get("guard") or {}
-        if g:
+        if g.get("net") or g.get("fs") or g.get("max_forks"):
             guard.install(job_dir, net=g.get("net", False), fs=g.get("fs", False),
                           max_forks=g.get("max_forks"), protected=set(g.get("protected", [])) | {os.getppid()})
     except BaseException as exc:  # noqa: BLE001 - report, never fall through into the zygote loop
@@ -147,7 +147,7 @@ def describe(exc: BaseException) -> str:
     text = type(exc).__name__ + (f": {msg}" if msg else "")
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{text} at {exc.filename}:{exc.lineno}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in _SEGMENTS]
     if frames:
         f = frames[-1]
         text += f" at {f.filename}:{f.lineno}" + (f" `{f.line.strip()[:100]}`" if f.line else "")

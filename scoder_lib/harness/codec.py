@@ -6,6 +6,7 @@ Why not pickle: the parent must never unpickle bytes that came out of a sandbox.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 from typing import Any
 
@@ -25,8 +26,8 @@ def encode(x: Any) -> Any:
         return [encode(v) for v in x]
     if t is tuple:
         return {"$t": [encode(v) for v in x]}
-    if t is dict:
-        return {"$d": [[encode(k), encode(v)] for k, v in x.items()]}
+    if t in _DICTS:  # a defaultdict's factory cannot travel; it compares as a dict anyway
+        return {_DICTS[t]: [[encode(k), encode(v)] for k, v in x.items()]}
     if t in (set, frozenset):
         return {"$set" if t is set else "$fset": [encode(v) for v in x]}
     if t is complex:
@@ -36,10 +37,14 @@ def encode(x: Any) -> Any:
     raise TypeError(f"cannot transport a value of type {t.__module__}.{t.__qualname__}")
 
 
+_DICTS = {dict: "$d", collections.defaultdict: "$d", collections.Counter: "$counter",
+          collections.OrderedDict: "$odict"}
 _DECODERS = {
     "$int": lambda v: int(v, 16),
     "$t": lambda v: tuple(decode(i) for i in v),
     "$d": lambda v: {decode(k): decode(i) for k, i in v},
+    "$counter": lambda v: collections.Counter({decode(k): decode(i) for k, i in v}),
+    "$odict": lambda v: collections.OrderedDict((decode(k), decode(i)) for k, i in v),
     "$set": lambda v: {decode(i) for i in v},
     "$fset": lambda v: frozenset(decode(i) for i in v),
     "$c": lambda v: complex(v[0], v[1]),
@@ -62,4 +67,5 @@ def dumps(x: Any) -> str:
 
 
 def loads(s: str) -> Any:
-    return decode(json.loads(s))
+    data = json.loads(s)
+    return decode(data) if '{"$' in s else data  # untagged JSON needs no second walk

@@ -1,9 +1,12 @@
 """Comparisons that untrusted return values cannot fake, and EvalPlus's output-matching rules.
 
-An object whose class (written by the program) overrides `__eq__` to return True would pass
-`assert f(x) == y` and EvalPlus's `out == exp`. We refuse such values: a value is *forged* when
-it, or anything inside a plain container, is an instance of a class whose methods were compiled
-from dynamic source (the program, `exec`, a lambda ...) rather than from a module file.
+An object whose class overrides `__eq__` to return True would pass `assert f(x) == y` and
+EvalPlus's `out == exp`. We call a value *forged* when it, or anything inside its plain
+containers, is an instance of a class that the program made (module `__main__`) or whose methods
+were compiled from dynamic source (exec, lambdas: a "<...>" file name), and that defines a
+behaviour-changing dunder (anything but __init__, __repr__ and their harmless kin). Test asserts
+are rewritten so that every operand passes `checked`, and differential tests refuse forged
+outputs. Plain data, numpy values, and program classes without such dunders compare as usual.
 """
 
 from __future__ import annotations

@@ -69,13 +69,15 @@ def evalplus_truth(g: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
         out = fn(*inp)
         times.append(time.perf_counter() - start)
         outputs.append(codec.encode(out is not None if p.get("output_not_none") else out))
-    return {"outputs": outputs, "times": times}
+    # One JSON text: outputs can reach 150 MB (HumanEval/15), and a string crosses pipes and
+    # caches without being parsed into millions of objects on the way.
+    return {"outputs": json.dumps(outputs, separators=(",", ":")), "times": times}
 
 
 def evalplus_check(g: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     """EvalPlus's differential test: every input, its time limit, its oracle; stop at the first failure."""
     fn = _entry(g, p["entry_point"])
-    inputs, expected = codec.decode(p["inputs"]), codec.decode(p["expected"])
+    inputs, expected = codec.decode(p["inputs"]), codec.loads(p["expected"])
     atol, details = p["atol"], []
     for i, (inp, exp) in enumerate(zip(inputs, expected)):
         try:
@@ -117,8 +119,9 @@ def lcb_stdio(g: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     """LiveCodeBench stdin/stdout tests: rerun the compiled program per test, compare stripped lines."""
     code = compile(p["program"], "<solution>", "exec")
     for i, case in enumerate(p["tests"]):
-        out = io.StringIO()
-        sys.stdin, sys.stdout = io.StringIO(case["input"]), out
+        # Text wrappers over bytes, so that sys.stdin.buffer / sys.stdout.buffer work too.
+        out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        sys.stdin, sys.stdout = io.TextIOWrapper(io.BytesIO(case["input"].encode()), encoding="utf-8"), out
         try:
             with time_limit(p["time_limit"]):
                 exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
@@ -126,8 +129,10 @@ def lcb_stdio(g: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
             pass  # `exit()` after printing the answer is fine for a script
         finally:
             sys.stdin, sys.stdout = sys.__stdin__, sys.__stdout__
-        if _normalize_lines(out.getvalue()) != _normalize_lines(case["output"]):
-            raise DriverFailure(f"test #{i}: expected {_short(case['output'], 60)}, got {_short(out.getvalue(), 60)}")
+        out.flush()
+        got = out.buffer.getvalue().decode("utf-8", "replace")
+        if _normalize_lines(got) != _normalize_lines(case["output"]):
+            raise DriverFailure(f"test #{i}: expected {_short(case['output'], 60)}, got {_short(got, 60)}")
     return {"tests_run": len(p["tests"])}
 
 

@@ -101,12 +101,15 @@ class Collector:
 
 
 class Zygote:
+    """Runs jobs one at a time: fork, wait with a deadline, collect, sweep, judge."""
+
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
         self.uid: int | None = cfg.get("uid")
         self.tmp_root: str = cfg["tmp_root"]
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One job, start to verdict: status, reason, payload, stdout, stderr, wall_s."""
         start = time.monotonic()
         nonce = secrets.token_hex(16)
         job_dir = tempfile.mkdtemp(prefix="job-", dir=self.tmp_root)
@@ -122,7 +125,7 @@ class Zygote:
         for fd in (stdin_fd, out_w, err_w, res_w):
             os.close(fd)
         cap = int(req.get("max_output", 1 << 16))
-        col = Collector({out_r: cap, err_r: cap, res_r: int(req.get("max_result", 1 << 28))})
+        col = Collector({out_r: cap, err_r: cap, res_r: int(req.get("max_result", 1 << 26))})
         status, timed_out = self._wait(pid, col, start + float(req["timeout_s"]))
         self._sweep(pid)
         col.pump(time.monotonic() + 1.0)  # what was written before the kill
@@ -174,12 +177,14 @@ def _kill_group(pgid: int) -> None:
 def _children() -> list[int]:
     """Our live child processes (not zombies: those are reaped)."""
     _reap()
-    me = os.getpid()
+    me, kids = os.getpid(), []
     try:
-        with open(f"/proc/{me}/task/{me}/children", "rb") as fh:
-            return [int(p) for p in fh.read().split()]
+        for tid in os.listdir(f"/proc/{me}/task"):  # orphans may be adopted by any of our threads
+            with open(f"/proc/{me}/task/{tid}/children", "rb") as fh:
+                kids += [int(p) for p in fh.read().split()]
     except FileNotFoundError:  # kernels without CONFIG_PROC_CHILDREN: scan /proc
         return [p for p in _all_pids() if _ppid(p) == me]
+    return kids
 
 
 def _all_pids() -> list[int]:
@@ -248,13 +253,20 @@ def main() -> None:
     os.dup2(devnull, 1)
     _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for name in cfg.get("preload", []):
-        __import__(name)
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a missing preload only costs speed
+            pass
     zygote = Zygote(cfg)
     if cfg.get("uid") is not None:
         _kill_uid(cfg["uid"])  # leftovers of a previous zygote of this slot
     write_msg(proto_out, {"ready": True, "pid": os.getpid()})
     while (req := read_msg(proto_in)) is not None:
-        write_msg(proto_out, zygote.run(req))
+        try:
+            reply = zygote.run(req)
+        except Exception as exc:  # noqa: BLE001 - a harness bug must not look like a hostile program
+            reply = {"status": "error", "reason": f"sandbox harness error: {type(exc).__name__}: {exc}"}
+        write_msg(proto_out, reply)
 
 
 if __name__ == "__main__":

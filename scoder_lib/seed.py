@@ -1,0 +1,88 @@
+"""The teacher ("proprietary LLM") seed set: loading, validation, splits, and extension via an API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .io import read_jsonl
+from .logs import get_logger
+from .pool import snippet_key
+from .synthesis import Sample, messages, render, synthesize
+from .train import Example
+
+log = get_logger(__name__)
+REQUIRED = ("id", "snippet", "problem", "solution", "tests", "entry_point", "split", "prompt_version")
+
+
+class SeedSetError(ValueError):
+    """The seed file is malformed: names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class SeedSet:
+    rows: list[dict[str, Any]]
+
+    @property
+    def train(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["split"] == "train"]
+
+    @property
+    def heldout(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["split"] == "heldout"]
+
+    def snippet_keys(self) -> set[str]:
+        """Every seed snippet (both splits): later stages never sample from these."""
+        return {snippet_key(r["snippet"]) for r in self.rows}
+
+
+def load(path: Path) -> SeedSet:
+    if not path.is_file():
+        raise SeedSetError(f"{path}: seed set not found (seed_stage.teacher.seed_file)")
+    rows = read_jsonl(path)
+    seen: set[str] = set()
+    for i, row in enumerate(rows, 1):
+        missing = [f for f in REQUIRED if not row.get(f)]
+        if missing:
+            raise SeedSetError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+        if row["split"] not in ("train", "heldout"):
+            raise SeedSetError(f"{path}:{i}: split must be 'train' or 'heldout', got {row['split']!r}")
+        if row["id"] in seen:
+            raise SeedSetError(f"{path}:{i}: duplicate id {row['id']}")
+        seen.add(row["id"])
+    return SeedSet(rows)
+
+
+def response(row: dict[str, Any]) -> str:
+    """A teacher sample in the canonical output format (what the synthesizer learns to write)."""
+    return render(row["problem"], row["solution"], row["tests"])
+
+
+def to_example(row: dict[str, Any], version: str = "v1") -> Example:
+    return Example.of(messages(row["snippet"], version), response(row))
+
+
+def as_sample(row: dict[str, Any]) -> Sample:
+    from .synthesis import parse
+
+    return parse(response(row))
+
+
+def extend_with_teacher(cfg: Config, gen: Any, snippets: list[str], cache_dir: Path | None = None
+                        ) -> list[dict[str, Any]]:
+    """New teacher samples for `snippets` through `gen` (the openai backend); valid ones only."""
+    t = cfg.seed_stage.teacher
+    samples = synthesize(gen, snippets, t.sampling, version=cfg.seed_stage.prompt_version,
+                         execution=cfg.execution, desc="teacher", cache_dir=cache_dir)
+    rows = []
+    for i, (snip, outs) in enumerate(zip(snippets, samples)):
+        s = outs[0]
+        if s.status == "passed":
+            rows.append({"id": f"api-{snippet_key(snip)[:10]}", "snippet": snip, "problem": s.problem,
+                         "solution": s.solution, "tests": s.tests, "entry_point": s.entry_point,
+                         "split": "train", "prompt_version": cfg.seed_stage.prompt_version,
+                         "provenance": f"{t.model.name} via {t.model.openai.base_url}"})
+    log.info("teacher: %d of %d new samples valid", len(rows), len(snippets))
+    return rows

@@ -1,0 +1,235 @@
+"""Supervised fine-tuning on chat (prompt, response) pairs with the Hugging Face Trainer.
+
+Loss on response tokens only; LoRA (peft) or full fine-tuning; M checkpoints evenly spaced over
+training, each with the Adam moments of every trainable parameter keyed by name and its average
+learning rate (what optimizer-aware influence needs). Built on Trainer, so `accelerate launch` with
+DeepSpeed or FSDP (via `train.extra_args`) scales it without code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .config import TrainOptions, fingerprint
+from .io import read_json, write_json
+from .logs import Progress, get_logger
+
+log = get_logger(__name__)
+IGNORE = -100
+DONE = "_TRAINED.json"
+
+
+@dataclass(frozen=True)
+class Example:
+    messages: tuple[tuple[str, str], ...]  # the prompt turns
+    response: str
+
+    @classmethod
+    def of(cls, messages: list[dict[str, str]], response: str) -> "Example":
+        return cls(tuple((m["role"], m["content"]) for m in messages), response)
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    checkpoints: list[Path]  # M checkpoints, last = the trained model
+    losses: list[tuple[int, float]]  # (step, training loss)
+    steps: int
+    skipped: int  # examples whose prompt alone exceeded max_seq_len
+    wall_s: float
+
+    @property
+    def final(self) -> Path:
+        return self.checkpoints[-1]
+
+
+def encode(tok: Any, ex: Example, max_len: int) -> dict[str, list[int]] | None:
+    """input_ids/labels with prompt tokens masked; None if the prompt alone does not fit."""
+    msgs = [{"role": r, "content": c} for r, c in ex.messages]
+    prompt = list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                          return_dict=True)["input_ids"])
+    response = tok(ex.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if len(prompt) >= max_len:
+        return None
+    ids = (prompt + response)[:max_len]
+    labels = ([IGNORE] * len(prompt) + response)[:max_len]
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+
+
+def save_points(total_steps: int, m: int) -> list[int]:
+    """M checkpoint steps spread evenly over training, the last at the final step."""
+    m = max(1, min(m, total_steps))
+    return sorted({max(1, round(k * total_steps / m)) for k in range(1, m + 1)})
+
+
+def _build_model(base: str, opts: TrainOptions, adapter: str | None) -> Any:
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if opts.method == "full":
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter:  # continue training an earlier synthesizer's adapter
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    n_layers = model.config.num_hidden_layers
+    layers = None
+    if opts.lora.last_layers:
+        layers = list(range(max(0, n_layers - opts.lora.last_layers), n_layers))
+    cfg = LoraConfig(r=opts.lora.r, lora_alpha=opts.lora.alpha, lora_dropout=opts.lora.dropout,
+                     target_modules=list(opts.lora.target_modules), layers_to_transform=layers,
+                     task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def sft(examples: list[Example], base: str, out: Path, opts: TrainOptions, base_fingerprint: str,
+        adapter: str | None = None) -> TrainResult:
+    """Train (or reuse, if `out` already holds this exact run) and return its checkpoints."""
+    import time
+
+    key = fingerprint({"base": base_fingerprint, "adapter": adapter and str(adapter), "opts": opts.model_dump(),
+                       "data": fingerprint([[list(e.messages), e.response] for e in examples])})
+    done = out / DONE
+    if done.exists() and read_json(done)["key"] == key:
+        log.info("training in %s already done: reusing", out)
+        return _result(out)
+    if out.exists() and done.exists():
+        shutil.rmtree(out)  # a different run trained here before
+    start = time.monotonic()
+    trainer, n_skipped, points = _trainer(examples, base, out, opts, adapter)
+    resume = _latest_hf_checkpoint(out)
+    if resume:
+        log.info("resuming interrupted training from %s", resume.name)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    for hf in out.glob("checkpoint-*"):
+        shutil.rmtree(hf)  # resume state; our ckpt-* folders keep what later stages need
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    write_json(done, {"key": key, "steps": trainer.state.global_step, "save_points": points,
+                      "losses": losses, "skipped": n_skipped, "wall_s": round(time.monotonic() - start, 1)})
+    return _result(out)
+
+
+def _result(out: Path) -> TrainResult:
+    meta = read_json(out / DONE)
+    ckpts = [out / f"ckpt-{s}" for s in meta["save_points"]]
+    return TrainResult(out, ckpts, [tuple(x) for x in meta["losses"]], meta["steps"], meta["skipped"], meta["wall_s"])
+
+
+def _latest_hf_checkpoint(out: Path) -> Path | None:
+    found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, adapter: str | None):
+    import datasets
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    rows = [r for r in (encode(tok, e, opts.max_seq_len) for e in examples) if r is not None]
+    if not rows:
+        raise ValueError(f"no training example fits max_seq_len={opts.max_seq_len}")
+    per_step = opts.batch_size * opts.grad_accum
+    total = opts.max_steps or max(1, math.ceil(len(rows) / per_step * opts.epochs))
+    points = save_points(total, opts.num_checkpoints)
+    args = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum, max_steps=total, learning_rate=opts.learning_rate,
+        lr_scheduler_type=opts.lr_scheduler, warmup_steps=int(opts.warmup_ratio * total),
+        weight_decay=opts.weight_decay, logging_steps=1, save_strategy="no", report_to=[],
+        disable_tqdm=True, seed=opts.seed, data_seed=opts.seed, remove_unused_columns=False,
+        dataloader_num_workers=0, dataloader_pin_memory=_cuda(), **opts.extra_args)
+    model = _build_model(base, opts, adapter)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=transformers.DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE),
+        callbacks=[_Checkpoints(points, out, tok)])
+    trainer.remove_callback(transformers.PrinterCallback)  # raw dict prints; we log progress lines
+    trainer.remove_callback(transformers.ProgressCallback)
+    log.info("training on %d examples (%d skipped: prompt too long), %d steps, checkpoints at %s",
+             len(rows), len(examples) - len(rows), total, points)
+    return trainer, len(examples) - len(rows), points
+
+
+class _Checkpoints(TrainerCallback):
+    """Trainer callback: save M checkpoints with Adam moments keyed by parameter name."""
+
+    def __init__(self, points: list[int], out: Path, tok: Any):
+        self.points, self.out, self.tok = sorted(points), out, tok
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+        self.progress = Progress(state.max_steps - state.global_step, "training", unit="steps", every_s=30)
+
+    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+        if logs and "loss" in logs and self.progress is not None:
+            self.progress.desc = f"training (loss {float(logs['loss']):.3f})"
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        if self.progress is not None:
+            self.progress.update()
+        if state.global_step in self.points:
+            control.should_save = True  # also writes HF's resumable checkpoint-<step>
+        return control
+
+    def on_save(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
+        step = state.global_step
+        folder = self.out / f"ckpt-{step}"
+        model.save_pretrained(folder)
+        self.tok.save_pretrained(folder)
+        save_moments(model, optimizer, folder / "moments.safetensors")
+        # LESS weighs each checkpoint by the mean learning rate since the previous one; read from
+        # the log history (restored on resume), not from callback state (lost on interruption).
+        prev = max([p for p in self.points if p < step], default=0)
+        window = [h["learning_rate"] for h in state.log_history
+                  if "learning_rate" in h and prev < h["step"] <= step] or [0.0]
+        write_json(folder / "meta.json", {"step": step, "avg_lr": sum(window) / len(window),
+                                          "betas": list(optimizer.param_groups[0]["betas"]),
+                                          "eps": optimizer.param_groups[0]["eps"]})
+        return control
+
+
+def save_moments(model: Any, optimizer: Any, path: Path) -> None:
+    """exp_avg.<name> / exp_avg_sq.<name> for every trainable parameter (and the Adam step).
+
+    Plain torch optimizers only: under DeepSpeed ZeRO the states are sharded and would need
+    deepspeed.utils.safe_get_full_optimizer_state first.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, p in model.named_parameters():
+        state = optimizer.state.get(p, {})
+        if p.requires_grad and "exp_avg" in state:
+            tensors[f"exp_avg.{name}"] = state["exp_avg"].detach().cpu().contiguous()
+            tensors[f"exp_avg_sq.{name}"] = state["exp_avg_sq"].detach().cpu().contiguous()
+            tensors.setdefault("step", torch.tensor(float(state.get("step", 0))))
+    save_file(tensors, str(path))
+
+
+def load_moments(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(exp_avg by name, exp_avg_sq by name, meta) of a checkpoint."""
+    from safetensors.torch import load_file
+
+    t = load_file(str(folder / "moments.safetensors"))
+    m = {k[len("exp_avg."):]: v for k, v in t.items() if k.startswith("exp_avg.")}
+    v = {k[len("exp_avg_sq."):]: v for k, v in t.items() if k.startswith("exp_avg_sq.")}
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["adam_step"] = float(t["step"]) if "step" in t else meta["step"]
+    return m, v, meta
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

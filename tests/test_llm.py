@@ -1,0 +1,156 @@
+"""Model layer: the transformers backend, the generation cache, SFT, and digit ratings (micro model)."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from scoder_lib.config import LoraOptions, ModelSpec, Sampling, TrainOptions
+from scoder_lib.llm import GenRequest, Generator, make_backend
+from scoder_lib.models import load, prepare
+from scoder_lib.rating import RatingPrompt, make_rater
+from scoder_lib.train import IGNORE, Example, encode, load_moments, save_points, sft
+
+PROMPTS = ["Write a function that adds two numbers.", "Reverse a string in Python.",
+           "What is a list comprehension? Explain with an example please.", "hi",
+           "Sort a list of tuples by their second element, descending, and explain the key argument."]
+
+
+@pytest.fixture(scope="module")
+def micro(cache_dir):
+    return ModelSpec(name="micro", batch_size=8)
+
+
+def _chat(text: str, **kw) -> GenRequest:
+    return GenRequest.chat([{"role": "user", "content": text}], Sampling(**{"max_new_tokens": 24, **kw}))
+
+
+def test_batched_greedy_equals_one_at_a_time(micro, cache_dir):
+    batched = make_backend(micro, cache_dir)
+    single = make_backend(micro.model_copy(update={"batch_size": 1}), cache_dir)
+    reqs = [_chat(p) for p in PROMPTS]
+    a = batched.generate(reqs)
+    b = single.generate(reqs)
+    for ra, rb in zip(a, b):
+        assert ra.completions[0].text == rb.completions[0].text
+        assert ra.completions[0].tokens == rb.completions[0].tokens
+    # and equal to Hugging Face's own greedy decoding of the same prompt
+    model, tok = load(prepare(micro, cache_dir))
+    ids = torch.tensor([batched.encode(reqs[0])])
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    assert tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True) == a[0].completions[0].text
+
+
+def test_sampling_is_seeded_per_request_not_per_batch(micro, cache_dir):
+    backend = make_backend(micro, cache_dir)
+    req = _chat(PROMPTS[0], temperature=1.0, top_p=0.9, n=3, seed=7)
+    alone = backend.generate([req])[0].texts
+    crowded = backend.generate([_chat(PROMPTS[1], temperature=1.0, n=2), req])[1].texts
+    assert alone == crowded and len(set(alone)) > 1  # reproducible, and the n samples differ
+
+
+def test_stop_strings_cut_the_output(micro, cache_dir):
+    backend = make_backend(micro, cache_dir)
+    free = backend.generate([_chat(PROMPTS[2], max_new_tokens=40)])[0].texts[0]
+    word = next(w for w in re.findall(r"\S{2,}", free[5:]))  # something the model does say
+    cut = backend.generate([GenRequest.chat([{"role": "user", "content": PROMPTS[2]}],
+                                            Sampling(max_new_tokens=40), stop=(word,))])[0]
+    assert cut.completions[0].finish_reason == "stop"
+    assert word not in cut.texts[0] and free.startswith(cut.texts[0])
+
+
+def test_cache_serves_repeat_calls_without_the_model(micro, cache_dir, tmp_path):
+    gen = Generator(make_backend(micro, cache_dir), tmp_path)
+    reqs = [_chat(p) for p in PROMPTS[:3]]
+    first = gen.generate(reqs)
+    assert gen.model_calls == 3
+    again = Generator(gen.backend, tmp_path)  # a fresh process would reload the same file
+    second = again.generate(reqs + [reqs[0]])
+    assert again.model_calls == 0 and [r.texts for r in second[:3]] == [r.texts for r in first]
+    assert all(r.cached for r in second)
+
+
+def test_requests_need_messages_or_prompt():
+    with pytest.raises(ValueError):
+        GenRequest()
+
+
+def test_vllm_missing_is_a_clear_error(micro, cache_dir):
+    pytest.importorskip("pydantic")
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vLLM installed")
+    with pytest.raises(ImportError, match="pip install vllm"):
+        make_backend(micro.model_copy(update={"backend": "vllm"}), cache_dir)
+
+
+# ----------------------------------------------------------------------------- training
+def test_labels_mask_the_prompt(micro, cache_dir):
+    _, tok = load(prepare(micro, cache_dir))
+    ex = Example.of([{"role": "user", "content": "Add 2 and 3."}], "The answer is 5.")
+    row = encode(tok, ex, 512)
+    prompt_len = len(tok.apply_chat_template([{"role": "user", "content": "Add 2 and 3."}],
+                                             add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    assert row["labels"][:prompt_len] == [IGNORE] * prompt_len
+    assert row["labels"][prompt_len:] == row["input_ids"][prompt_len:]
+    assert tok.decode(row["input_ids"][prompt_len:-1]) == "The answer is 5."
+    assert encode(tok, ex, prompt_len) is None  # the prompt alone does not fit
+
+
+def test_save_points_are_even_and_end_at_the_last_step():
+    assert save_points(10, 2) == [5, 10] and save_points(9, 3) == [3, 6, 9] and save_points(2, 5) == [1, 2]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_sft_lowers_loss_and_saves_reloadable_checkpoints(micro, cache_dir, tmp_path, method):
+    ref = prepare(micro, cache_dir)
+    examples = [Example.of([{"role": "user", "content": f"Task {i % 4}"}], f"def f{i % 4}():\n    return {i % 4}\n")
+                for i in range(16)]
+    opts = TrainOptions(method=method, epochs=4, batch_size=4, learning_rate=3e-3, num_checkpoints=2,
+                        max_seq_len=128, lora=LoraOptions(r=8, last_layers=1))
+    res = sft(examples, ref.path, tmp_path / "run", opts, ref.fingerprint)
+    losses = [loss for _, loss in res.losses]
+    assert len(res.checkpoints) == 2 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2
+    for ckpt in res.checkpoints:
+        m, v, meta = load_moments(ckpt)
+        reloaded = prepare(ModelSpec(name=str(ckpt)), cache_dir)
+        model, _ = load(reloaded)
+        trainable = _trainable_names(ref.path, opts)
+        assert set(m) == set(v) == trainable and meta["avg_lr"] > 0 and meta["adam_step"] == meta["step"]
+        assert all((vv >= 0).all() for vv in v.values())
+    # a second call with identical inputs is served from disk
+    again = sft(examples, ref.path, tmp_path / "run", opts, ref.fingerprint)
+    assert again.losses == res.losses
+
+
+def _trainable_names(base: str, opts: TrainOptions) -> set[str]:
+    from scoder_lib.train import _build_model
+
+    model = _build_model(base, opts, None)
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------- ratings
+def test_digit_ratings_are_distributions_and_sharing_is_exact(micro, cache_dir, tmp_path):
+    rater = make_rater(micro, cache_dir)
+    rater.store = None
+    prompt = RatingPrompt("Rate it.", "def f(x):\n    return x * 2\n",
+                          ("Clarity 0-9?", "Is the solution correct? Answer 0 to 9.", "Difficulty?"))
+    shared = rater.rate([prompt], shared=True)[0]
+    full = rater.rate([prompt], shared=False)[0]
+    assert shared.shape == (3, 10) and np.allclose(shared.sum(1), 1.0)
+    assert np.abs(shared - full).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_real_smollm2_writes_a_parsable_function(cache_dir):
+    gen = make_backend(ModelSpec(name="smollm2-135m-instruct"), cache_dir)
+    req = GenRequest.chat([{"role": "user", "content": "Write a Python function `add(a, b)` that returns a + b."}],
+                          Sampling(max_new_tokens=96))
+    text = gen.generate([req])[0].texts[0]
+    code = re.search(r"```(?:python)?\n(.*?)```", text, re.S)
+    tree = ast.parse(code.group(1) if code else text)
+    assert any(isinstance(n, ast.FunctionDef) for n in ast.walk(tree)), text
