@@ -180,7 +180,9 @@ class TeacherOptions(Section):
     # file: the committed seed set; openai: regenerate/extend it through an OpenAI-compatible endpoint.
     backend: Literal["file", "openai"] = "file"
     seed_file: str = "data/seed/seed_v1.jsonl"
-    model: ModelSpec = ModelSpec(name="gpt-4o", backend="openai")
+    # GPT-4o list prices (USD per 1M tokens, 2025): they also price the committed seed set in 05's cost table.
+    model: ModelSpec = ModelSpec(name="gpt-4o", backend="openai", openai=OpenAIOptions(
+        price_per_1m_input_usd=2.5, price_per_1m_output_usd=10.0))
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=1024)
     n_new: int = 0  # extra snippets to send to the teacher when backend=openai
 

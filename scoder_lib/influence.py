@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -42,11 +42,14 @@ log = get_logger(__name__)
 FEATURES_VERSION = 1  # bump when a change alters feature values: it invalidates the cache
 CHUNK_ROWS = 2048  # parameter rows per projection block: a block is CHUNK_ROWS x D float32
 # Per-sample gradients are buffered (rows x parameters, float32) up to this size before one
-# projection: the block generation is paid once per buffer, and the GEMM runs 3-6x faster for
-# hundreds of rows than for a few (measured on the 2-core reference machine).
+# projection: block generation is paid once per buffer, and per sample the skinny GEMM costs
+# several times less at hundreds of rows than at LESS's 16 (measured on the 2-core machine).
+# At D=8192 a projection call costs ~P*D*2 ns for the blocks alone (10 s for P=650k).
 SHARD_BYTES = 1 << 30
 MAX_SHARD_ROWS = 512
 Kind = Literal["adam", "sgd"]
+Row = dict[str, list[int]]  # train.encode's output: input_ids, labels, attention_mask
+Transform: TypeAlias = "Callable[[torch.Tensor], torch.Tensor]"
 
 
 # ----------------------------------------------------------------------------- projection
@@ -75,7 +78,7 @@ class Projector:
 
         pieces = [torch.as_tensor(p, dtype=torch.float32) for p in _pieces(vectors)]
         bounds = np.cumsum([0] + [p.shape[1] for p in pieces])
-        out_t = torch.zeros(self.dim, pieces[0].shape[0])  # transposed: MKL runs this skinny GEMM ~2x faster
+        out_t = torch.zeros(self.dim, pieces[0].shape[0])  # transposed: MKL ran this skinny GEMM faster
         for k, start in enumerate(range(0, int(bounds[-1]), self.chunk_rows)):
             stop = min(start + self.chunk_rows, int(bounds[-1]))
             out_t.addmm_(self._block_t(k, stop - start), _columns(pieces, bounds, start, stop).T)
@@ -87,7 +90,7 @@ class Projector:
                   for k, s in enumerate(range(0, n_params, self.chunk_rows))]
         return np.concatenate(blocks) / math.sqrt(self.dim)
 
-    def _block_t(self, k: int, rows: int) -> Any:
+    def _block_t(self, k: int, rows: int) -> torch.Tensor:
         """Chunk k's +-1 block, transposed (dim x rows, float32), from PCG64 seeded (seed, k)."""
         import torch
 
@@ -118,7 +121,7 @@ def _pieces(vectors: Any) -> list[Any]:
     return pieces
 
 
-def _columns(pieces: list[Any], bounds: np.ndarray, start: int, stop: int) -> Any:
+def _columns(pieces: list[torch.Tensor], bounds: np.ndarray, start: int, stop: int) -> torch.Tensor:
     """Columns [start, stop) of the concatenation of pieces (a view when one piece holds them)."""
     import torch
 
@@ -189,15 +192,15 @@ def _layout(model: Any) -> _Layout:
 
 @dataclass(frozen=True)
 class _Batch:
-    input_ids: Any  # B x L, right-padded (positions then match the unpadded sample's)
-    attention_mask: Any
-    rows: Any  # for each predicted response token: its sample ...
-    cols: Any  # ... and the position whose logits predict it
-    targets: Any
-    counts: Any  # response tokens per sample
+    input_ids: torch.Tensor  # B x L, right-padded (positions then match the unpadded sample's)
+    attention_mask: torch.Tensor
+    rows: torch.Tensor  # for each predicted response token: its sample ...
+    cols: torch.Tensor  # ... and the position whose logits predict it
+    targets: torch.Tensor
+    counts: torch.Tensor  # response tokens per sample
 
 
-def _collate(encoded: list[dict[str, list[int]]], pad_id: int) -> _Batch:
+def _collate(encoded: list[Row], pad_id: int) -> _Batch:
     import torch
 
     width = max(len(r["input_ids"]) for r in encoded)
@@ -276,7 +279,7 @@ def batched_grads(model: Any, layout: _Layout, batch: _Batch) -> torch.Tensor:
     return flat
 
 
-def loop_grads(model: Any, layout: _Layout, encoded: list[dict[str, list[int]]]) -> torch.Tensor:
+def loop_grads(model: Any, layout: _Layout, encoded: list[Row]) -> torch.Tensor:
     """n x P gradients one sample at a time with the model's own loss (LESS's way; the reference)."""
     import torch
 
@@ -346,24 +349,21 @@ def gradient_features(checkpoint: Path, examples: list[Example], *, kind: Kind, 
     """
     if kind not in ("adam", "sgd"):
         raise ValueError(f"kind must be 'adam' or 'sgd', got {kind!r}")
-    final = parts = None
+    final = None
     if cache_dir is not None:
-        key = features_key(checkpoint, examples, kind, opts, max_seq_len)
-        final = Path(cache_dir) / f"{kind}-{key}.npy"
+        final = Path(cache_dir) / f"{kind}-{features_key(checkpoint, examples, kind, opts, max_seq_len)}.npy"
         if final.exists():
             return np.load(final)
     loaded = load_checkpoint(checkpoint)
-    transform = _transform(checkpoint, loaded.layout) if kind == "adam" else None
     rows = _shard_rows(loaded.layout.total, opts.batch_size)
-    if final is not None:
-        parts = final.with_name(f"{final.stem}.parts-{rows}")
+    parts = None if final is None else final.with_name(f"{final.stem}.parts-{rows}")
     encoded = [encode(loaded.tok, e, max_seq_len) for e in examples]
     if skipped := sum(r is None for r in encoded):
         log.warning("%d of %d examples do not fit max_seq_len=%d: zero features", skipped, len(encoded), max_seq_len)
-    progress = Progress(len(examples), f"{kind} gradient features of {checkpoint.name}", unit="samples")
-    projector = Projector(opts.projection_dim, opts.projection_seed)
-    shards = [_shard(loaded, encoded[s: s + rows], transform, projector, opts.batch_size, batched,
-                     progress, None if parts is None else parts / f"{i:05d}.npy")
+    job = _Job(loaded, _transform(checkpoint, loaded.layout) if kind == "adam" else None,
+               Projector(opts.projection_dim, opts.projection_seed), opts.batch_size if batched else 0,
+               Progress(len(examples), f"{kind} gradient features of {checkpoint.name}", unit="samples"))
+    shards = [job.shard(encoded[s: s + rows], None if parts is None else parts / f"{i:05d}.npy")
               for i, s in enumerate(range(0, len(encoded), rows))]
     feats = np.concatenate(shards) if shards else np.zeros((0, opts.projection_dim), np.float32)
     if final is not None:
@@ -376,7 +376,7 @@ def _shard_rows(n_params: int, batch_size: int) -> int:
     return max(batch_size, min(MAX_SHARD_ROWS, SHARD_BYTES // (4 * n_params)))
 
 
-def _transform(checkpoint: Path, layout: _Layout) -> Any:
+def _transform(checkpoint: Path, layout: _Layout) -> Transform:
     """g -> Adam direction with this checkpoint's flattened moments (in layout order)."""
     import torch
 
@@ -391,30 +391,38 @@ def _transform(checkpoint: Path, layout: _Layout) -> Any:
     return lambda g: adam_direction(g, exp_avg, exp_avg_sq, step, betas, eps)
 
 
-def _shard(loaded: _Loaded, encoded: list[dict[str, list[int]] | None], transform: Any, projector: Projector,
-           batch_size: int, batched: bool, progress: Progress, path: Path | None) -> np.ndarray:
-    """Features of one shard: computed (longest first, so padding is small), or read back."""
-    import torch
+@dataclass
+class _Job:
+    """What every shard of one gradient_features call shares."""
 
-    if path is not None and path.exists():
-        progress.update(len(encoded))
-        return np.load(path)
-    buf = torch.zeros(len(encoded), loaded.layout.total)  # rows that do not fit stay zero
-    order = sorted((i for i, r in enumerate(encoded) if r is not None), key=lambda i: -len(encoded[i]["input_ids"]))
-    step = batch_size if batched else 1
-    for s in range(0, len(order), step):
-        idx = order[s: s + step]
-        grads = _grads(loaded, [encoded[i] for i in idx], batched)
-        buf[idx] = transform(grads) if transform is not None else grads
-        progress.update(len(idx))
-    progress.update(len(encoded) - len(order))
-    feats = l2_normalise(projector.project(buf))
-    if path is not None:
-        save_npy(path, feats)
-    return feats
+    loaded: _Loaded
+    transform: Transform | None  # None: plain gradients
+    projector: Projector
+    batch_size: int  # 0: LESS's one-sample loop
+    progress: Progress
+
+    def shard(self, encoded: list[Row | None], path: Path | None) -> np.ndarray:
+        """Features of one shard: computed (longest first, so padding is small), or read back."""
+        import torch
+
+        if path is not None and path.exists():
+            self.progress.update(len(encoded))
+            return np.load(path)
+        buf = torch.zeros(len(encoded), self.loaded.layout.total)  # rows that do not fit stay zero
+        order = sorted((i for i, r in enumerate(encoded) if r is not None), key=lambda i: -len(encoded[i]["input_ids"]))
+        for s in range(0, len(order), self.batch_size or 1):
+            idx = order[s: s + (self.batch_size or 1)]
+            grads = _grads(self.loaded, [encoded[i] for i in idx], batched=self.batch_size > 0)
+            buf[idx] = self.transform(grads) if self.transform is not None else grads
+            self.progress.update(len(idx))
+        self.progress.update(len(encoded) - len(order))
+        feats = l2_normalise(self.projector.project(buf))
+        if path is not None:
+            save_npy(path, feats)
+        return feats
 
 
-def _grads(loaded: _Loaded, rows: list[dict[str, list[int]]], batched: bool) -> Any:
+def _grads(loaded: _Loaded, rows: list[Row], batched: bool) -> torch.Tensor:
     if not batched:
         return loop_grads(loaded.model, loaded.layout, rows)
     return batched_grads(loaded.model, loaded.layout, _collate(rows, loaded.tok.pad_token_id))
@@ -441,8 +449,9 @@ def influence_scores(candidate_feats: list[np.ndarray], target_feats: list[np.nd
     for cand, target, lr in zip(candidate_feats, target_feats, lrs):
         if cand.shape[0] != scores.shape[0] or cand.shape[1] != target.shape[1]:
             raise ValueError(f"feature shapes disagree: {cand.shape} vs {target.shape}")
+        target_t = target.T.astype(np.float64)
         for s in range(0, len(cand), 4096):  # bounds the candidates x targets block
-            sims = cand[s: s + 4096].astype(np.float64) @ target.T.astype(np.float64)
+            sims = cand[s: s + 4096].astype(np.float64) @ target_t
             scores[s: s + 4096] += lr * (sims.mean(1) if aggregate == "mean" else sims.max(1))
     return scores
 

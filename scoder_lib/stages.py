@@ -137,7 +137,7 @@ class Stage:
         if bad:
             raise TypeError(f"metrics must be flat scalars; not scalar: {bad}")
         wall = time.monotonic() - self.started
-        write_json(self.path("metrics.json"), dict(metrics))
+        write_json(self.path("metrics.json"), dict(metrics), sort_keys=False)  # the notebook's order: headline first
         marker = {
             "stage": self.key, "iteration": self.iteration, "run": self.run, "profile": self.cfg.profile,
             "settings_hash": settings_hash(self.cfg, self.key, self.iteration),

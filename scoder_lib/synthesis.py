@@ -119,6 +119,15 @@ def status_at_least(status: str, minimum: str) -> bool:
     return STATUSES.index(status) >= STATUSES.index(minimum)
 
 
+def harness_fingerprint() -> str:
+    """Hash of the sandbox's source: a changed harness must not reuse cached verdicts."""
+    from .config import fingerprint
+
+    root = resources.files("scoder_lib")
+    files = [root / "execution.py", *sorted((root / "harness").iterdir(), key=lambda p: p.name)]
+    return fingerprint([f.read_text(encoding="utf-8") for f in files if f.name.endswith(".py")])
+
+
 def verify(samples: list[Sample], *, workers: int, timeout_s: float, memory_mb: int, isolation: str,
            desc: str = "verifying", cache_dir: Path | None = None) -> list[Sample]:
     """Run each parsed solution against its own asserts in the sandbox; set passed/failed + reason.
@@ -131,7 +140,8 @@ def verify(samples: list[Sample], *, workers: int, timeout_s: float, memory_mb: 
 
     store = JsonlStore(cache_dir / "verdicts.jsonl") if cache_dir else None
     todo = [i for i, s in enumerate(samples) if s.status == "failed" and s.reason == "not_executed"]
-    keys = {i: fingerprint([samples[i].solution, samples[i].tests, timeout_s, memory_mb]) for i in todo}
+    keys = {i: fingerprint([samples[i].solution, samples[i].tests, timeout_s, memory_mb, harness_fingerprint()])
+            for i in todo}
     run = [i for i in todo if store is None or keys[i] not in store]
     results = run_many([(samples[i].solution, samples[i].tests) for i in run], workers=workers,
                        timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation, desc=desc) if run else []

@@ -227,3 +227,16 @@ def test_a_dead_sandbox_worker_is_reported_and_replaced(mode: str) -> None:
         assert slot.run(execution._request(Job("print(1)"), 5, 256, 1000))["status"] == "passed"
     finally:
         pool.checkin([slot])
+
+
+def test_custom_classes_as_inputs_are_not_forgeries():
+    """Exercises may pass their own classes (with __iter__, __eq__ ...) into the function under test;
+    only what the asserts compare is checked, so these pass while a returned forgery still fails."""
+    solution = ("class Box:\n    def __init__(self, v):\n        self.v = v\n    def __eq__(self, o):\n"
+                "        return isinstance(o, Box) and o.v == self.v\n    def __hash__(self):\n        return hash(self.v)\n\n"
+                "def unique(items):\n    return len(set(items))\n")
+    tests = "assert unique([Box(1), Box(1), Box(2)]) == 2\nassert abs(unique([Box(3)]) - 1) < 1e-9\n"
+    assert check_solution(solution, tests).passed
+    forged = "class Yes:\n    def __eq__(self, o):\n        return True\n\ndef unique(items):\n    return Yes()\n"
+    res = check_solution(forged, "assert unique([1, 2]) == 2\n")
+    assert not res.passed and "forged" in res.reason

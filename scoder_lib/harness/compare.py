@@ -4,9 +4,9 @@ An object whose class overrides `__eq__` to return True would pass `assert f(x) 
 EvalPlus's `out == exp`. We call a value *forged* when it, or anything inside its plain
 containers, is an instance of a class that the program made (module `__main__`) or whose methods
 were compiled from dynamic source (exec, lambdas: a "<...>" file name), and that defines a
-behaviour-changing dunder (anything but __init__, __repr__ and their harmless kin). Test asserts
-are rewritten so that every operand passes `checked`, and differential tests refuse forged
-outputs. Plain data, numpy values, and program classes without such dunders compare as usual.
+dunder that can fake a comparison, truth test or arithmetic (`_DANGEROUS`). Test asserts are
+rewritten so that the values they compare pass `checked` (not the arguments handed to the
+function under test), and differential tests refuse forged outputs. Plain data, numpy values, and program classes without such dunders compare as usual.
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ from typing import Any
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
 _CONTAINERS = (list, tuple, set, frozenset, dict)
 _MAX_WALK = 1_000_000  # elements inspected per value; deeper forgeries are out of scope
-# Dunders that cannot change what a comparison, truth test or arithmetic says.
-_HARMLESS = frozenset({"__init__", "__new__", "__repr__", "__str__", "__format__", "__del__",
-                       "__getnewargs__", "__getnewargs_ex__", "__reduce__", "__reduce_ex__",
-                       "__getstate__", "__setstate__", "__copy__", "__deepcopy__", "__dir__",
-                       "__init_subclass__", "__class_getitem__", "__post_init__", "__set_name__",
-                       "__sizeof__", "__subclasshook__", "__enter__", "__exit__"})
+# Dunders through which a value can fake a comparison, a truth test, arithmetic or a type check.
+# Why a list of the dangerous ones rather than of the harmless: exercises legitimately define
+# classes with __iter__, __getitem__ or __call__, and those cannot make `out == exp` lie.
+_ARITH = ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "divmod", "pow", "lshift",
+          "rshift", "and", "xor", "or")
+_DANGEROUS = frozenset(
+    {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__len__", "__hash__",
+     "__contains__", "__neg__", "__pos__", "__abs__", "__invert__", "__round__", "__trunc__", "__floor__",
+     "__ceil__", "__int__", "__float__", "__complex__", "__index__", "__getattr__", "__getattribute__",
+     "__instancecheck__", "__subclasscheck__", "__class__"}
+    | {f"__{p}{op}__" for op in _ARITH for p in ("", "r", "i")})
 _forged_types: dict[type, bool] = {}
 
 
@@ -45,8 +50,7 @@ def _type_is_forged(tp: type) -> bool:
                 continue
             made_here = klass.__module__ == "__main__"
             for name, attr in vars(klass).items():
-                if name[:2] == name[-2:] == "__" and name not in _HARMLESS and \
-                        (made_here and callable(attr) or _dynamic(attr)):
+                if name in _DANGEROUS and (made_here and callable(attr) or _dynamic(attr)):
                     cached = True
         _forged_types[tp] = cached
     return cached
@@ -101,10 +105,30 @@ class _Wrap(ast.NodeTransformer):
         call = ast.Call(func=ast.Name(id="__scoder_checked__", ctx=ast.Load()), args=[node], keywords=[])
         return ast.copy_location(call, node)
 
-    visit_Name = visit_Call = visit_Attribute = visit_Subscript = _wrap
+    visit_Name = visit_Attribute = visit_Subscript = _wrap
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        """Check what a call returns. Arguments are checked only for builtins that transform a
+        result (`abs(f(x) - y)`, `sorted(f(x))`); a user function's arguments are the test's own
+        inputs, which may legitimately be objects with custom dunders."""
+        if _transparent(node.func):
+            self.generic_visit(node)
+        call = ast.Call(func=ast.Name(id="__scoder_checked__", ctx=ast.Load()), args=[node], keywords=[])
+        return ast.copy_location(call, node)
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         return node  # a lambda body runs later, outside the assert
+
+
+_TRANSPARENT = frozenset({"abs", "all", "any", "bool", "float", "frozenset", "int", "len", "list", "max",
+                          "min", "repr", "round", "set", "sorted", "str", "sum", "tuple", "type",
+                          "isinstance", "dict", "complex", "divmod", "pow", "reversed", "enumerate", "zip"})
+
+
+def _transparent(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in _TRANSPARENT
+    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("math", "cmath")
 
 
 def guard_asserts(source: str, filename: str) -> types.CodeType:
