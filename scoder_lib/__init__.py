@@ -9,4 +9,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Why: tokenizers' own thread pool fights torch for the two cores and warns after fork().
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import warnings
+
+# Library chatter that says nothing about this study, printed into every report otherwise.
+warnings.filterwarnings("ignore", message="IProgress not found")
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*pin_memory.*")
+
 __version__ = "0.1.0"

@@ -93,6 +93,9 @@ class TrainOptions(Section):
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 1024
+    # Examples longer than max_seq_len: drop them (default: a truncated response teaches the model
+    # to stop mid-sample), or truncate the response.
+    long_examples: Literal["drop", "truncate"] = "drop"
     # M: checkpoints saved evenly over training, each with its Adam moments (for influence).
     num_checkpoints: int = 2
     seed: int = 0

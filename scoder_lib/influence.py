@@ -77,12 +77,13 @@ class Projector:
         import torch
 
         pieces = [torch.as_tensor(p, dtype=torch.float32) for p in _pieces(vectors)]
-        bounds = np.cumsum([0] + [p.shape[1] for p in pieces])
-        out_t = torch.zeros(self.dim, pieces[0].shape[0])  # transposed: MKL ran this skinny GEMM faster
+        bounds, device = np.cumsum([0] + [p.shape[1] for p in pieces]), pieces[0].device
+        out_t = torch.zeros(self.dim, pieces[0].shape[0], device=device)  # transposed: MKL ran this faster
         for k, start in enumerate(range(0, int(bounds[-1]), self.chunk_rows)):
             stop = min(start + self.chunk_rows, int(bounds[-1]))
-            out_t.addmm_(self._block_t(k, stop - start), _columns(pieces, bounds, start, stop).T)
-        return (out_t.T / math.sqrt(self.dim)).numpy()
+            block = self._block_t(k, stop - start).to(device)  # generated on the CPU: same bits everywhere
+            out_t.addmm_(block, _columns(pieces, bounds, start, stop).T)
+        return (out_t.T / math.sqrt(self.dim)).cpu().numpy()
 
     def matrix(self, n_params: int) -> np.ndarray:
         """The dense n_params x dim matrix (tests only: it is what `project` multiplies by)."""
@@ -200,7 +201,7 @@ class _Batch:
     counts: torch.Tensor  # response tokens per sample
 
 
-def _collate(encoded: list[Row], pad_id: int) -> _Batch:
+def _collate(encoded: list[Row], pad_id: int, device: Any = "cpu") -> _Batch:
     import torch
 
     width = max(len(r["input_ids"]) for r in encoded)
@@ -212,7 +213,8 @@ def _collate(encoded: list[Row], pad_id: int) -> _Batch:
         ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
     valid = labels[:, 1:] != IGNORE  # position t predicts token t+1
     rows, cols = valid.nonzero(as_tuple=True)
-    return _Batch(ids, mask, rows, cols, labels[:, 1:][rows, cols], valid.sum(1))
+    parts = (ids, mask, rows, cols, labels[:, 1:][rows, cols], valid.sum(1))
+    return _Batch(*(t.to(device) for t in parts))
 
 
 def _sum_of_means(model: Any, batch: _Batch) -> torch.Tensor:
@@ -268,7 +270,7 @@ def batched_grads(model: Any, layout: _Layout, batch: _Batch) -> torch.Tensor:
         loss = _sum_of_means(model, batch)
     hooked = sorted(taps.outputs)
     grads = dict(zip(hooked, torch.autograd.grad(loss, [taps.outputs[i] for i in hooked], allow_unused=True)))
-    flat = torch.zeros(batch.input_ids.shape[0], layout.total)
+    flat = torch.zeros(batch.input_ids.shape[0], layout.total, device=loss.device)
     mask = batch.attention_mask[..., None].to(torch.float32)
     offset = 0
     for i, size in enumerate(layout.sizes):
@@ -284,10 +286,10 @@ def loop_grads(model: Any, layout: _Layout, encoded: list[Row]) -> torch.Tensor:
     import torch
 
     params = [m.weight for m in layout.modules]
-    out = torch.empty(len(encoded), layout.total)
+    out = torch.empty(len(encoded), layout.total, device=params[0].device)
     for i, r in enumerate(encoded):
-        loss = model(input_ids=torch.tensor([r["input_ids"]]), labels=torch.tensor([r["labels"]]),
-                     use_cache=False).loss
+        loss = model(input_ids=torch.tensor([r["input_ids"]], device=out.device),
+                     labels=torch.tensor([r["labels"]], device=out.device), use_cache=False).loss
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         out[i] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                             for g, p in zip(grads, params)])
@@ -307,7 +309,7 @@ _RESIDENT: list[_Loaded] = []  # one model kept: candidates and targets of a che
 
 
 def load_checkpoint(checkpoint: Path) -> _Loaded:
-    """Base + adapter as a trainable PeftModel in eval mode (dropout off), float32."""
+    """Base + adapter as a trainable PeftModel in eval mode (dropout off), float32, on the GPU if any."""
     key = folder_fingerprint(checkpoint)
     if _RESIDENT and _RESIDENT[0].key == key:
         return _RESIDENT[0]
@@ -318,6 +320,7 @@ def load_checkpoint(checkpoint: Path) -> _Loaded:
     base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True).eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     tok = transformers.AutoTokenizer.from_pretrained(
         str(checkpoint) if (checkpoint / "tokenizer_config.json").exists() else base)
     if tok.pad_token is None:
@@ -384,8 +387,9 @@ def _transform(checkpoint: Path, layout: _Layout) -> Transform:
     missing = [n for n in layout.names if n not in m or n not in v]
     if missing:
         raise ValueError(f"{checkpoint}: no Adam moments for {missing[:3]} ({len(missing)} parameters)")
-    exp_avg = torch.cat([m[n].reshape(-1).float() for n in layout.names])
-    exp_avg_sq = torch.cat([v[n].reshape(-1).float() for n in layout.names])
+    device = layout.modules[0].weight.device
+    exp_avg = torch.cat([m[n].reshape(-1).float() for n in layout.names]).to(device)
+    exp_avg_sq = torch.cat([v[n].reshape(-1).float() for n in layout.names]).to(device)
     betas = tuple(meta.get("betas", (0.9, 0.999)))
     eps, step = float(meta.get("eps", 1e-8)), float(meta["adam_step"])
     return lambda g: adam_direction(g, exp_avg, exp_avg_sq, step, betas, eps)
@@ -408,7 +412,8 @@ class _Job:
         if path is not None and path.exists():
             self.progress.update(len(encoded))
             return np.load(path)
-        buf = torch.zeros(len(encoded), self.loaded.layout.total)  # rows that do not fit stay zero
+        buf = torch.zeros(len(encoded), self.loaded.layout.total,  # rows that do not fit stay zero
+                          device=self.loaded.layout.modules[0].weight.device)
         order = sorted((i for i, r in enumerate(encoded) if r is not None), key=lambda i: -len(encoded[i]["input_ids"]))
         for s in range(0, len(order), self.batch_size or 1):
             idx = order[s: s + (self.batch_size or 1)]
@@ -425,7 +430,8 @@ class _Job:
 def _grads(loaded: _Loaded, rows: list[Row], batched: bool) -> torch.Tensor:
     if not batched:
         return loop_grads(loaded.model, loaded.layout, rows)
-    return batched_grads(loaded.model, loaded.layout, _collate(rows, loaded.tok.pad_token_id))
+    device = loaded.layout.modules[0].weight.device
+    return batched_grads(loaded.model, loaded.layout, _collate(rows, loaded.tok.pad_token_id, device))
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless papermill kernels; inline display still works in Jupyter
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+# No backend is forced: kernels use the inline backend (figures show in reports), scripts without
+# a display fall back to Agg by themselves.
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def funnel(steps: Sequence[tuple[str, int]], title: str = "Snippet funnel") -> Figure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,17 @@ def render_html(notebook: Path, out: Path, hide_code: bool = False) -> Path:
     exporter = HTMLExporter(template_name="lab", exclude_input=hide_code, exclude_input_prompt=hide_code,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    write_text(out, body)
+    write_text(out, _offline(body))
     return out
+
+
+_REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>', re.S)
+
+
+def _offline(html_text: str) -> str:
+    """Drop the template's CDN scripts (require.js, MathJax): reports must open offline without
+    errors, and no notebook here renders math or widgets."""
+    return _REMOTE_SCRIPT.sub("", html_text)
 
 
 def _instances(run: str) -> list[tuple[str, int | None]]:

@@ -123,12 +123,19 @@ class Stage:
                                     f"run `make reproduce RUN={self.run}` (or its notebook) first")
         return folder
 
-    def save_figure(self, fig: Any, name: str) -> Path:
-        """Save a matplotlib figure as PNG under figures/ (the index links these)."""
+    def save_figure(self, fig: Any, name: str) -> None:
+        """Show a matplotlib figure in the notebook and save it as figures/<name>.png (the index links it)."""
+        import matplotlib.pyplot as plt
+
         self.figures.mkdir(parents=True, exist_ok=True)
-        out = self.figures / f"{name}.png"
-        fig.savefig(out, dpi=110, bbox_inches="tight")
-        return out
+        fig.savefig(self.figures / f"{name}.png", dpi=110, bbox_inches="tight")
+        try:
+            from IPython.display import display
+
+            display(fig)
+        except ImportError:
+            pass
+        plt.close(fig)  # one figure per call: no duplicate rendering, no memory growth
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Write metrics.json (flat scalars) then the success marker, last, so a crash never fakes done."""

@@ -42,7 +42,7 @@ class TrainResult:
     checkpoints: list[Path]  # M checkpoints, last = the trained model
     losses: list[tuple[int, float]]  # (step, training loss)
     steps: int
-    skipped: int  # examples whose prompt alone exceeded max_seq_len
+    skipped: int  # examples that did not fit max_seq_len (see TrainOptions.long_examples)
     wall_s: float
 
     @property
@@ -50,13 +50,14 @@ class TrainResult:
         return self.checkpoints[-1]
 
 
-def encode(tok: Any, ex: Example, max_len: int) -> dict[str, list[int]] | None:
-    """input_ids/labels with prompt tokens masked; None if the prompt alone does not fit."""
+def encode(tok: Any, ex: Example, max_len: int, truncate: bool = True) -> dict[str, list[int]] | None:
+    """input_ids/labels with prompt tokens masked; None if the prompt alone does not fit, or if the
+    whole example does not fit and `truncate` is off."""
     msgs = [{"role": r, "content": c} for r, c in ex.messages]
     prompt = list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
                                           return_dict=True)["input_ids"])
     response = tok(ex.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    if len(prompt) >= max_len:
+    if len(prompt) >= max_len or (not truncate and len(prompt) + len(response) > max_len):
         return None
     ids = (prompt + response)[:max_len]
     labels = ([IGNORE] * len(prompt) + response)[:max_len]
@@ -135,7 +136,8 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
     tok = transformers.AutoTokenizer.from_pretrained(base)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    rows = [r for r in (encode(tok, e, opts.max_seq_len) for e in examples) if r is not None]
+    truncate = opts.long_examples == "truncate"
+    rows = [r for r in (encode(tok, e, opts.max_seq_len, truncate) for e in examples) if r is not None]
     if not rows:
         raise ValueError(f"no training example fits max_seq_len={opts.max_seq_len}")
     per_step = opts.batch_size * opts.grad_accum
@@ -155,7 +157,7 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
         callbacks=[_Checkpoints(points, out, tok)])
     trainer.remove_callback(transformers.PrinterCallback)  # raw dict prints; we log progress lines
     trainer.remove_callback(transformers.ProgressCallback)
-    log.info("training on %d examples (%d skipped: prompt too long), %d steps, checkpoints at %s",
+    log.info("training on %d examples (%d skipped: longer than max_seq_len), %d steps, checkpoints at %s",
              len(rows), len(examples) - len(rows), total, points)
     return trainer, len(examples) - len(rows), points
 

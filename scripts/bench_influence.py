@@ -172,12 +172,12 @@ def main() -> None:
 
     ref = prepare(ModelSpec(name="smollm2-135m-instruct"), CACHE)
     tok = transformers.AutoTokenizer.from_pretrained(ref.path)
-    examples = make_examples(tok, 8 + args.samples)
-    ckpt = checkpoint(ref, examples[:8], args.last_layers or None)
+    ckpt = checkpoint(ref, make_examples(tok, 8), args.last_layers or None)  # fixed, whatever --samples is
+    samples = make_examples(tok, args.samples)
     opts = InfluenceOptions(projection_dim=args.dim, batch_size=args.batch_size)
     if args.child:
-        return child(args.child, ckpt, examples[8:], opts, Path(args.out))
-    report(args, ckpt, examples[8:], tok)
+        return child(args.child, ckpt, samples, opts, Path(args.out))
+    report(args, ckpt, samples, tok)
 
 
 def report(args: argparse.Namespace, ckpt: Path, samples: list[Example], tok) -> None:
