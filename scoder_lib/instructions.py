@@ -36,13 +36,15 @@ def build(name: str, samples: list[Sample], snippets: list[str], *, min_status: 
     rows = [{"problem": s.problem, "solution": s.solution, "tests": s.tests, "entry_point": s.entry_point,
              "status": s.status, "snippet": snip} for s, snip in zip(samples, snippets)]
     out = InstructionSet(name, [], [("synthesized", len(rows))])
-    keep = [r for r in rows if status_at_least(r["status"], min_status) and r["problem"].strip() and r["solution"]]
-    out.rejects += [dict(r, reason=f"status_{r['status']}") for r in rows if r not in keep]
-    out.funnel.append((f"status >= {min_status}", len(keep)))
-    idx, _ = exact_dedup([r["problem"] for r in keep])
-    near = near_dedup([keep[i]["problem"] for i in idx], DedupOptions(threshold=dedup_threshold, min_shingles=5))
-    deduped = [keep[idx[i]] for i in near.keep]
-    out.rejects += [dict(r, reason="duplicate") for r in keep if r not in deduped]
+    ok = [i for i, r in enumerate(rows)
+          if status_at_least(r["status"], min_status) and r["problem"].strip() and r["solution"]]
+    out.rejects += [dict(rows[i], reason=f"status_{rows[i]['status']}") for i in sorted(set(range(len(rows))) - set(ok))]
+    out.funnel.append((f"status >= {min_status}", len(ok)))
+    first, _ = exact_dedup([rows[i]["problem"] for i in ok])
+    near = near_dedup([rows[ok[j]]["problem"] for j in first], DedupOptions(threshold=dedup_threshold, min_shingles=5))
+    unique = [ok[first[j]] for j in near.keep]
+    out.rejects += [dict(rows[i], reason="duplicate") for i in sorted(set(ok) - set(unique))]
+    deduped = [rows[i] for i in unique]
     out.funnel.append(("deduplicated", len(deduped)))
     for r in deduped:
         hit = dc.check(f"{r['problem']}\n{r['solution']}")

@@ -20,7 +20,11 @@ MAX_SAMPLE_CHARS = 3000  # long outputs are cut: the rubric is about the exercis
 
 
 def rubric(version: str = "v1") -> tuple[str, dict[str, str]]:
-    """(system prompt, {aspect: question}) from scoder_lib/prompts/scoring_<version>.md."""
+    """(system prompt, {aspect: question}) from scoder_lib/prompts/scoring_<version>.md.
+
+    Why two scored examples in the system prompt: without them SmolLM2-135M rated a broken
+    exercise above a correct one; with them its expected digit separates the two (slow test).
+    """
     text = (resources.files("scoder_lib") / "prompts" / f"scoring_{version}.md").read_text(encoding="utf-8")
     system = text.split("<!-- system -->")[1].split("<!--")[0].strip()
     aspects = {}
@@ -35,7 +39,8 @@ def rating_prompt(snippet: str, sample_text: str, aspects: list[str], version: s
     unknown = [a for a in aspects if a not in questions]
     if unknown:
         raise ValueError(f"unknown aspect(s) {unknown}; the rubric has: {', '.join(questions)}")
-    text = (f"Source snippet:\n```python\n{snippet.strip()}\n```\n\nExercise written from it:\n"
+    # The exercise comes right before the question, as in the rubric's calibration examples.
+    text = (f"Source snippet:\n```python\n{snippet.strip()}\n```\n\nExercise:\n"
             f"{sample_text.strip()[:MAX_SAMPLE_CHARS]}")
     return RatingPrompt(system, text, tuple(questions[a] for a in aspects))
 
