@@ -1,0 +1,98 @@
+"""The smoke profile end to end through `make reproduce`, interrupted in iteration 2 and resumed,
+then its HTML reports opened in headless Chromium. Slow: a few minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from scoder_lib.config import REPO_ROOT, load_config
+from scoder_lib.stages import MARKER, stage_instances
+
+pytestmark = pytest.mark.slow
+PY = Path(sys.executable)
+VENV = PY.parent.parent
+
+
+def _make(out: Path, **kw) -> subprocess.Popen:
+    args = ["make", "--no-print-directory", "reproduce", "PROFILE=smoke", "RUN=e2e", f"OUTPUTS={out}", f"VENV={VENV}"]
+    return subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def _markers(run: Path) -> dict[str, float]:
+    return {str(p.relative_to(run)): p.stat().st_mtime for p in run.rglob(MARKER)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Run smoke, interrupt it once iteration 2 has started, check nothing half-done counts, resume."""
+    out = tmp_path_factory.mktemp("outputs")
+    run = out / "e2e"
+    first = _make(out)
+    started = time.monotonic()
+    while not (run / "iter_2" / "03_sample_score").exists() and first.poll() is None:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the middle of iteration 2
+    log1 = first.communicate(timeout=300)[0]
+    assert first.returncode != 0, log1[-3000:]
+    before = _markers(run)
+    assert "iter_1/04_influence/_SUCCESS.json" in before and "iter_2/03_sample_score/_SUCCESS.json" not in before
+    second = _make(out)
+    log2 = second.communicate(timeout=900)[0]
+    wall = time.monotonic() - started
+    print(f"smoke profile: {wall:.0f} s wall for both invocations")
+    return run, before, log2, second.returncode
+
+
+def test_smoke_completes_after_resume(smoke_run):
+    run, before, log, rc = smoke_run
+    assert rc == 0, log[-4000:]
+    after = _markers(run)
+    expected = len(stage_instances(load_config("smoke")))
+    assert len(after) == expected
+    # finished stages were not redone: their markers are untouched
+    assert all(after[k] == v for k, v in before.items())
+    assert "up to date: 01_preprocess, 02_seed, 03_sample_score@1, 04_influence@1" in log
+    metrics = json.loads((run / "06_evaluate" / "metrics.json").read_text())
+    assert metrics["models"] >= 1 and (run / "reports" / "index.html").exists()
+
+
+@pytest.mark.browser
+def test_reports_open_in_chromium_without_errors(smoke_run):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    run = smoke_run[0]
+    pages = [run / "reports" / "index.html", run / "reports" / "03_sample_score_iter1.html"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        for page_path in pages:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(page_path.as_uri(), wait_until="load")
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.naturalWidth, e.naturalHeight])")
+            links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+            assert not problems, (page_path.name, problems)
+            assert images and all(w > 0 and h > 0 for _, w, h in images), (page_path.name, images)
+            for href in links:
+                url = urlparse(href)
+                if url.scheme == "file":
+                    target = Path(unquote(url.path))
+                    assert target.is_file() and run in target.parents, href
+            page.close()
+        browser.close()
