@@ -1,9 +1,10 @@
 """Benchmark: batched per-sample gradient features vs LESS's one-sample loop, on SmolLM2-135M.
 
-    .venv/bin/python scripts/bench_influence.py [--samples 24] [--last-layers 4] [--dim 8192]
+    .venv/bin/python scripts/bench_influence.py [--samples 24] [--last-layers 4] [--dim 8192] [--rounds 1]
 
-Trains a tiny LoRA checkpoint with train.sft on 8 synthesis-like examples (cached), then computes
-Adam-direction features of `--samples` others (256-400 tokens, like real synthesis samples) in a
+Trains a tiny LoRA checkpoint with train.sft on 8 synthesis-like examples (2 steps; cached under
+.cache/scoder/bench_influence), then computes Adam-direction features of `--samples` examples
+(284-397 tokens: the real synthesis prompt, a snippet, a problem, a solution and a test) in a
 fresh child process per method, so each one's peak RSS is its own:
   loop     LESS's way: one forward/backward per sample with the model's own loss, gradients
            projected every 16 samples (LESS's project_interval);
