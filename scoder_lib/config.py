@@ -101,6 +101,9 @@ class TrainOptions(Section):
     seed: int = 0
     # Passed to TrainingArguments as-is for scale-out (deepspeed config path, fsdp, bf16 ...).
     extra_args: dict[str, Any] = {}
+    # Run training in a subprocess under this launcher, e.g. "accelerate launch --num_processes 8
+    # --config_file configs/zero2.yaml": the notebook then drives a multi-GPU (or multi-node) job.
+    launcher: str | None = None
 
 
 # ----------------------------------------------------------------------------- stages
@@ -200,8 +203,8 @@ class SeedOptions(Section):
 
 
 class AspectWeights(Section):
-    # fit: learned from teacher vs base samples; fixed: `fixed`; off: no scoring (ablation)
-    mode: Literal["fit", "fixed", "off"] = "fit"
+    # fit: learned from teacher vs base samples; fixed: `fixed`; none: no scoring (ablation)
+    mode: Literal["fit", "fixed", "none"] = "fit"
     fixed: dict[str, float] = {}
     bootstrap: int = 200
     l2: float = 1.0

@@ -2,8 +2,12 @@
 
 Loss on response tokens only; LoRA (peft) or full fine-tuning; M checkpoints evenly spaced over
 training, each with the Adam moments of every trainable parameter keyed by name and its average
-learning rate (what optimizer-aware influence needs). Built on Trainer, so `accelerate launch` with
-DeepSpeed or FSDP (via `train.extra_args`) scales it without code changes.
+learning rate (what optimizer-aware influence needs). Built on Trainer, so it scales without code
+changes: set `train.launcher` (e.g. "accelerate launch --num_processes 8 --config_file ds.yaml")
+and `sft` runs this module's CLI under that launcher, with `train.extra_args` going to
+TrainingArguments (deepspeed, fsdp, bf16 ...):
+
+    accelerate launch ... -m scoder_lib.train --job JOB.json
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def sft(examples: list[Example], base: str, out: Path, opts: TrainOptions, base_
     """Train (or reuse, if `out` already holds this exact run) and return its checkpoints."""
     import time
 
-    key = fingerprint({"base": base_fingerprint, "adapter": adapter and str(adapter), "opts": opts.model_dump(),
+    key = fingerprint({"base": base_fingerprint, "adapter": adapter and str(adapter), "opts": opts.model_dump(exclude={"launcher"}),
                        "data": fingerprint([[list(e.messages), e.response] for e in examples])})
     done = out / DONE
     if done.exists() and read_json(done)["key"] == key:
@@ -104,6 +108,8 @@ def sft(examples: list[Example], base: str, out: Path, opts: TrainOptions, base_
         return _result(out)
     if out.exists() and done.exists():
         shutil.rmtree(out)  # a different run trained here before
+    if opts.launcher:
+        return _launch(examples, base, out, opts, base_fingerprint, adapter)
     start = time.monotonic()
     trainer, n_skipped, points = _trainer(examples, base, out, opts, adapter)
     resume = _latest_hf_checkpoint(out)
@@ -113,6 +119,8 @@ def sft(examples: list[Example], base: str, out: Path, opts: TrainOptions, base_
     for hf in out.glob("checkpoint-*"):
         shutil.rmtree(hf)  # resume state; our ckpt-* folders keep what later stages need
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    if not trainer.is_world_process_zero():
+        return _result(out)
     write_json(done, {"key": key, "steps": trainer.state.global_step, "save_points": points,
                       "losses": losses, "skipped": n_skipped, "wall_s": round(time.monotonic() - start, 1)})
     return _result(out)
@@ -150,6 +158,7 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
         weight_decay=opts.weight_decay, logging_steps=1, save_strategy="no", report_to=[],
         disable_tqdm=True, seed=opts.seed, data_seed=opts.seed, remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=_cuda(), **opts.extra_args)
+    transformers.set_seed(opts.seed)  # LoRA's random init must not depend on what ran before
     model = _build_model(base, opts, adapter)
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
@@ -184,6 +193,8 @@ class _Checkpoints(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
+        if not state.is_world_process_zero:
+            return control
         step = state.global_step
         folder = self.out / f"ckpt-{step}"
         model.save_pretrained(folder)
@@ -235,3 +246,43 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------- launcher / CLI
+def _launch(examples: list[Example], base: str, out: Path, opts: TrainOptions, base_fingerprint: str,
+            adapter: str | None) -> TrainResult:
+    """Run `sft` in a subprocess under `opts.launcher` (accelerate, torchrun, deepspeed)."""
+    import shlex
+    import subprocess
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    job = out / "job.json"
+    write_json(job, {"examples": [[list(map(list, e.messages)), e.response] for e in examples], "base": base,
+                     "opts": opts.model_copy(update={"launcher": None}).model_dump(mode="json"),
+                     "base_fingerprint": base_fingerprint, "adapter": adapter, "out": str(out)})
+    cmd = [*shlex.split(opts.launcher or ""), "-m", "scoder_lib.train", "--job", str(job)]
+    if cmd[0] in ("python", "python3"):
+        cmd[0] = sys.executable
+    log.info("training under a launcher: %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return _result(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from .logs import setup_logging
+
+    setup_logging()
+    ap = argparse.ArgumentParser(prog="python -m scoder_lib.train", description="one SFT job (see sft)")
+    ap.add_argument("--job", required=True, help="job.json written by sft() when train.launcher is set")
+    job = read_json(ap.parse_args(argv).job)
+    examples = [Example(tuple(tuple(m) for m in msgs), resp) for msgs, resp in job["examples"]]
+    sft(examples, job["base"], Path(job["out"]), TrainOptions.model_validate(job["opts"]), job["base_fingerprint"],
+        job["adapter"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

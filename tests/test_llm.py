@@ -154,3 +154,16 @@ def test_real_smollm2_writes_a_parsable_function(cache_dir):
     code = re.search(r"```(?:python)?\n(.*?)```", text, re.S)
     tree = ast.parse(code.group(1) if code else text)
     assert any(isinstance(n, ast.FunctionDef) for n in ast.walk(tree)), text
+
+
+def test_sft_under_a_launcher_matches_in_process(micro, cache_dir, tmp_path):
+    """train.launcher runs the same job in a subprocess (here plain `python`, in production
+    `accelerate launch ...`); the result is the same training."""
+    ref = prepare(micro, cache_dir)
+    examples = [Example.of([{"role": "user", "content": f"q{i}"}], f"a{i}") for i in range(4)]
+    opts = TrainOptions(epochs=1, batch_size=2, num_checkpoints=1, max_seq_len=64, lora=LoraOptions(r=4))
+    local = sft(examples, ref.path, tmp_path / "local", opts, ref.fingerprint)
+    launched = sft(examples, ref.path, tmp_path / "launched", opts.model_copy(update={"launcher": "python"}),
+                   ref.fingerprint)
+    assert launched.steps == local.steps and np.allclose([l for _, l in launched.losses], [l for _, l in local.losses])
+    assert (launched.final / "moments.safetensors").exists()

@@ -150,3 +150,26 @@ def test_substring_stage_reports_benchmark_and_task():
     hit = dc.check("def helper(x):\n    print(x)\n\ndef rank(values):\n" + body)
     assert hit is not None and hit.benchmark == "toy" and hit.task_id == "toy/1"
     assert dc.check(FUNC) is None
+
+
+def test_table_and_dataset_sources_stream_code(tmp_path):
+    """`files` sources read .jsonl and .parquet code columns; `hf_dataset` streams a dataset folder."""
+    import datasets
+
+    from scoder_lib.config import SourceOptions, load_config
+    from scoder_lib.pool import iter_source
+
+    rows = [{"content": FUNC.replace("moving_average", f"avg{i}"), "path": f"r/m{i}.py"} for i in range(3)]
+    rows.append({"content": None, "path": "r/empty.py"})
+    (tmp_path / "code.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "code.parquet"))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "train.jsonl").write_text((tmp_path / "code.jsonl").read_text())
+    cfg = load_config("smoke")
+    for src in [SourceOptions(kind="files", path=str(tmp_path / "code.jsonl")),
+                SourceOptions(kind="files", path=str(tmp_path / "code.parquet")),
+                SourceOptions(kind="hf_dataset", dataset=str(hf), max_files=10)]:
+        got = list(iter_source(src, cfg))
+        assert len(got) == 4 and got[3][2] is None  # a missing code value is counted as unreadable
+        assert b"def avg0(" in got[0][2]
