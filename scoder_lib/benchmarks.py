@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import io
 import json
 import pickle
@@ -16,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .io import sha256_file
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -60,25 +60,17 @@ class Task:
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def ensure_file(name: str, folder: Path, fill_from: list[Path], download: bool) -> Path:
     """Path of a benchmark's release file in `folder`: copied from `fill_from` or downloaded, checksummed."""
     spec = FILES[ALIASES.get(name, name)]
     target = folder / spec.filename
-    if target.exists() and _sha256(target) == spec.sha256:
+    if target.exists() and sha256_file(target) == spec.sha256:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
     for src_dir in fill_from:
         src = src_dir / spec.filename
-        if src.exists() and _sha256(src) == spec.sha256:
+        if src.exists() and sha256_file(src) == spec.sha256:
             shutil.copyfile(src, tmp)
             tmp.replace(target)
             log.info("benchmark %s: copied from %s", name, src_dir)
@@ -94,7 +86,7 @@ def ensure_file(name: str, folder: Path, fill_from: list[Path], download: bool) 
         tmp.unlink(missing_ok=True)
         raise FileNotFoundError(f"benchmark '{name}': download of {spec.url} failed ({exc}); "
                                 f"put {spec.filename} into {folder} by hand") from None
-    if _sha256(tmp) != spec.sha256:
+    if sha256_file(tmp) != spec.sha256:
         tmp.unlink()
         raise ValueError(f"benchmark '{name}': checksum mismatch for the download of {spec.url}")
     tmp.replace(target)

@@ -154,6 +154,9 @@ def _needed_paths() -> list[str]:
              os.path.dirname(os.path.realpath(sys.executable))}
     paths |= {p for p in sys.path if p and os.path.isabs(p) and os.path.exists(p)}
     paths = {os.path.realpath(p) for p in paths} | paths
+    # Never re-bind the sandbox's own writable folders: a script run from /tmp puts "/tmp" on
+    # sys.path, and a read-only bind over it made every program fail (EROFS on its job folder).
+    paths -= {"/tmp", "/dev/shm", "/"}
     ordered = sorted(p for p in paths if os.path.exists(p))
     return [p for p in ordered if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in ordered)]
 

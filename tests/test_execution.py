@@ -240,3 +240,18 @@ def test_custom_classes_as_inputs_are_not_forgeries():
     forged = "class Yes:\n    def __eq__(self, o):\n        return True\n\ndef unique(items):\n    return Yes()\n"
     res = check_solution(forged, "assert unique([1, 2]) == 2\n")
     assert not res.passed and "forged" in res.reason
+
+
+def test_scripts_run_from_tmp_still_get_a_writable_tmp(tmp_path):
+    """A script in /tmp puts /tmp on sys.path; the sandbox must not bind it read-only over its own /tmp."""
+    import subprocess
+    import sys
+
+    script = Path("/tmp") / f"scoder-sandbox-check-{uuid.uuid4().hex}.py"
+    script.write_text("from scoder_lib import execution\n"
+                      "print(execution.run_many([('def f():\\n    return 1\\n', 'assert f() == 1\\n')], workers=1)[0].status)\n")
+    try:
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd="/tmp")
+    finally:
+        script.unlink()
+    assert out.stdout.strip().splitlines()[-1] == "passed", out.stderr[-2000:]
