@@ -49,6 +49,8 @@ class Progress:
         self.start = self._last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
+        if n <= 0:
+            return
         self.done += n
         now = time.monotonic()
         if now - self._last >= self.every_s or (self.total is not None and self.done >= self.total):
