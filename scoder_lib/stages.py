@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -144,7 +145,9 @@ class Stage:
         if bad:
             raise TypeError(f"metrics must be flat scalars; not scalar: {bad}")
         wall = time.monotonic() - self.started
-        write_json(self.path("metrics.json"), dict(metrics), sort_keys=False)  # the notebook's order: headline first
+        # NaN/inf are not JSON: an undefined metric (a correlation over one sample) is written as null.
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+        write_json(self.path("metrics.json"), clean, sort_keys=False)  # the notebook's order: headline first
         marker = {
             "stage": self.key, "iteration": self.iteration, "run": self.run, "profile": self.cfg.profile,
             "settings_hash": settings_hash(self.cfg, self.key, self.iteration),
