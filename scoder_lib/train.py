@@ -151,6 +151,9 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
     per_step = opts.batch_size * opts.grad_accum
     total = opts.max_steps or max(1, math.ceil(len(rows) / per_step * opts.epochs))
     points = save_points(total, opts.num_checkpoints)
+    if len(points) < opts.num_checkpoints:  # the next stage samples from fewer checkpoints (M) than asked
+        log.warning("%d training steps: saving %d checkpoint(s), not the %d asked (num_checkpoints)",
+                    total, len(points), opts.num_checkpoints)
     args = transformers.TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum, max_steps=total, learning_rate=opts.learning_rate,
