@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .io import read_jsonl
+from .io import read_jsonl, write_jsonl
+from .llm import generator
 from .logs import get_logger
 from .pool import snippet_key
 from .synthesis import Sample, messages, render, synthesize
@@ -68,6 +69,27 @@ def as_sample(row: dict[str, Any]) -> Sample:
     from .synthesis import parse
 
     return parse(response(row))
+
+
+def heldout_rows(cfg: Config, seeds: SeedSet) -> list[dict[str, Any]]:
+    """The held-out snippets every synthesizer is measured on (02: base and enhanced; 04: each iteration's)."""
+    return seeds.heldout[: cfg.seed_stage.heldout_compare]
+
+
+def synthesize_heldout(cfg: Config, seeds: SeedSet, model_path: str | None, cache_dir: Path, out: Path,
+                       desc: str) -> list[Sample]:
+    """One synthesizer on the held-out yardstick, written to `out` with seed ids; one sample per snippet.
+
+    Defined once so 02 and every iteration's 04 use the same snippets, sampling and prompt version:
+    their rates are only comparable that way.
+    """
+    rows = heldout_rows(cfg, seeds)
+    gen = generator(cfg.synthesizer, cache_dir, model_path=model_path)
+    samples = [r[0] for r in synthesize(gen, [r["snippet"] for r in rows], cfg.seed_stage.compare_sampling,
+                                        version=cfg.seed_stage.prompt_version, execution=cfg.execution,
+                                        cache_dir=cache_dir, desc=desc)]
+    write_jsonl(out, [dict(s.to_json(), seed_id=r["id"]) for s, r in zip(samples, rows)])
+    return samples
 
 
 def extend_with_teacher(cfg: Config, gen: Any, snippets: list[str], cache_dir: Path | None = None

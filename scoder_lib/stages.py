@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import REPO_ROOT, Config, fingerprint, load_config
-from .io import read_json, write_json
+from .io import read_json, sha256_file, write_json
 from .logs import get_logger, setup_logging
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -82,7 +81,7 @@ def run_profile(run: str) -> str:
 def settings_hash(cfg: Config, key: str, iteration: int | None) -> str:
     """What determines a stage's outputs: its config sections, its notebook, its iteration."""
     sd = stage_def(key)
-    nb_sha = hashlib.sha256(sd.notebook.read_bytes()).hexdigest()[:16] if sd.notebook.exists() else ""
+    nb_sha = sha256_file(sd.notebook)[:16] if sd.notebook.exists() else ""
     return fingerprint({"sections": cfg.section_hash(list(sd.sections)), "notebook": nb_sha,
                         "iteration": iteration if sd.per_iteration else None})
 
