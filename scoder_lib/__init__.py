@@ -8,6 +8,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Why: tokenizers' own thread pool fights torch for the two cores and warns after fork().
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Per-tensor loading bars and advisory chatter: thousands of lines in papermill output. Set here,
+# read by transformers when it loads, so that no light process has to import it to silence it.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import warnings
 

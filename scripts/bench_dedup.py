@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import scoder_lib  # noqa: F401
-from scoder_lib.config import DedupOptions, ExtractOptions
-from scoder_lib.dedup import candidate_pairs, exact_dedup, exact_pairs, near_dedup
-from scoder_lib.pool import extract_file
+from scoder_lib.core.config import DedupOptions, ExtractOptions
+from scoder_lib.data.dedup import candidate_pairs, exact_dedup, exact_pairs, near_dedup
+from scoder_lib.data.pool import extract_file
 
 
 def collect(min_snippets: int) -> list[str]:
@@ -52,14 +52,16 @@ def main() -> None:
     t = time.perf_counter()
     res = near_dedup(texts, opts)
     lsh_full = time.perf_counter() - t
-    print(f"near dedup, all {len(texts)}: {lsh_full:.1f} s = {len(texts) / lsh_full:.0f} snippets/s; "
-          f"{len(res.dup_of)} near duplicates, {len(res.cluster_sizes)} clusters")
+    print(
+        f"near dedup, all {len(texts)}: {lsh_full:.1f} s = {len(texts) / lsh_full:.0f} snippets/s; "
+        f"{len(res.dup_of)} near duplicates, {len(res.cluster_sizes)} clusters"
+    )
 
     n = min(args.subset, len(texts))
     # A random subset holds few duplicate pairs; a contiguous block (files of one package side by
     # side) holds many, so recall is measured on both.
     middle = len(texts) // 2
-    subsets = {"random": random.Random(0).sample(texts, n), "contiguous": texts[middle - n // 2: middle + n - n // 2]}
+    subsets = {"random": random.Random(0).sample(texts, n), "contiguous": texts[middle - n // 2 : middle + n - n // 2]}
     brute_sub = lsh_sub = 0.0
     for name, sub in subsets.items():
         t = time.perf_counter()
@@ -70,12 +72,16 @@ def main() -> None:
         brute_sub = time.perf_counter() - t
         recall = len(truth & found) / len(truth) if truth else float("nan")
         precision = len(truth & found) / len(found) if found else float("nan")
-        print(f"{name} subset of {len(sub)}: true pairs (Jaccard >= {opts.threshold}) {len(truth)}, "
-              f"LSH pairs {len(found)}, recall {recall:.3f}, precision {precision:.3f}; "
-              f"LSH {lsh_sub:.2f} s vs exact all-pairs {brute_sub:.2f} s = {brute_sub / lsh_sub:.1f}x")
+        print(
+            f"{name} subset of {len(sub)}: true pairs (Jaccard >= {opts.threshold}) {len(truth)}, "
+            f"LSH pairs {len(found)}, recall {recall:.3f}, precision {precision:.3f}; "
+            f"LSH {lsh_sub:.2f} s vs exact all-pairs {brute_sub:.2f} s = {brute_sub / lsh_sub:.1f}x"
+        )
     brute_full = brute_sub * (len(texts) / n) ** 2
-    print(f"all-pairs on all {len(texts)} extrapolated (quadratic in n): {brute_full:.0f} s; "
-          f"LSH measured {lsh_full:.1f} s; ratio {brute_full / lsh_full:.0f}x")
+    print(
+        f"all-pairs on all {len(texts)} extrapolated (quadratic in n): {brute_full:.0f} s; "
+        f"LSH measured {lsh_full:.1f} s; ratio {brute_full / lsh_full:.0f}x"
+    )
 
 
 if __name__ == "__main__":

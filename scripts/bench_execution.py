@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scoder_lib import execution  # noqa: E402
-from scoder_lib.benchmarks import load_tasks  # noqa: E402
-from scoder_lib.evaluate import evaluate_samples, reference_humaneval  # noqa: E402
-from scoder_lib.io import write_json  # noqa: E402
-from scoder_lib.logs import get_logger, setup_logging  # noqa: E402
+from scoder_lib.core.io import write_json  # noqa: E402
+from scoder_lib.core.logs import get_logger, setup_logging  # noqa: E402
+from scoder_lib.data.benchmarks import load_tasks  # noqa: E402
+from scoder_lib.evaluation.evaluate import evaluate_samples, reference_humaneval  # noqa: E402
+from scoder_lib.sandbox import execution, isolation  # noqa: E402
 
 log = get_logger("bench_execution")
 
@@ -31,9 +31,15 @@ def _ours(samples: list[dict], args: argparse.Namespace, cold: bool) -> tuple[fl
     if cold:
         execution.shutdown()  # the next run starts its sandbox workers from scratch
     start = time.perf_counter()
-    rows, _ = evaluate_samples("humaneval", samples, workers=args.workers, timeout_s=args.timeout,
-                               isolation=args.isolation, sanitize_code=False)
-    return time.perf_counter() - start, [r["passed"] for r in rows]
+    rows, _ = evaluate_samples(
+        "humaneval",
+        samples,
+        workers=args.workers,
+        timeout_s=args.timeout,
+        isolation=args.isolation,
+        sanitize_code=False,
+    )
+    return time.perf_counter() - start, [r.passed for r in rows]
 
 
 def _official(samples: list[dict], args: argparse.Namespace) -> tuple[float, list[bool]]:
@@ -66,17 +72,37 @@ def main() -> dict:
             raise AssertionError(f"verdicts differ from the official checker on {diff}")
         for key, value in zip(times, (t_cold, t_warm, t_off)):
             times[key].append(value)
-        log.info("repeat %d: ours %.2fs cold / %.2fs warm, official %.2fs (%d/%d passed)",
-                 rep + 1, t_cold, t_warm, t_off, sum(ours), len(ours))
+        log.info(
+            "repeat %d: ours %.2fs cold / %.2fs warm, official %.2fs (%d/%d passed)",
+            rep + 1,
+            t_cold,
+            t_warm,
+            t_off,
+            sum(ours),
+            len(ours),
+        )
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"programs": len(samples), "workers": args.workers, "timeout_s": args.timeout,
-              **execution.isolation_details(args.isolation), "passed": sum(ours), "identical_verdicts": True,
-              "median_s": {k: round(v, 3) for k, v in med.items()}, "runs_s": times,
-              "speedup_cold": round(med["official"] / med["ours_cold"], 2),
-              "speedup_warm": round(med["official"] / med["ours_warm"], 2)}
-    log.info("median: ours %.2fs cold (%.2fx faster), %.2fs warm (%.2fx); official %.2fs; isolation %s",
-             med["ours_cold"], result["speedup_cold"], med["ours_warm"], result["speedup_warm"],
-             med["official"], result["isolation"])
+    result = {
+        "programs": len(samples),
+        "workers": args.workers,
+        "timeout_s": args.timeout,
+        **isolation.isolation_details(args.isolation),
+        "passed": sum(ours),
+        "identical_verdicts": True,
+        "median_s": {k: round(v, 3) for k, v in med.items()},
+        "runs_s": times,
+        "speedup_cold": round(med["official"] / med["ours_cold"], 2),
+        "speedup_warm": round(med["official"] / med["ours_warm"], 2),
+    }
+    log.info(
+        "median: ours %.2fs cold (%.2fx faster), %.2fs warm (%.2fx); official %.2fs; isolation %s",
+        med["ours_cold"],
+        result["speedup_cold"],
+        med["ours_warm"],
+        result["speedup_warm"],
+        med["official"],
+        result["isolation"],
+    )
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result))

@@ -20,23 +20,30 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import gc
+import importlib
 import json
 import resource
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
-import scoder_lib  # noqa: F401  (thread settings before torch)
 import numpy as np
+import transformers
 
-from scoder_lib import influence as inf
-from scoder_lib.config import REPO_ROOT, InfluenceOptions, LoraOptions, ModelSpec, TrainOptions
-from scoder_lib.logs import setup_logging
-from scoder_lib.models import prepare
-from scoder_lib.synthesis import messages, render
-from scoder_lib.train import Example, encode, sft
+import scoder_lib  # noqa: F401  (thread settings before torch)
+from scoder_lib.core.config import REPO_ROOT, InfluenceOptions, LoraOptions, ModelSpec, TrainOptions
+from scoder_lib.core.logs import setup_logging
+from scoder_lib.llm.models import prepare
+from scoder_lib.method.influence import features as inf_features
+from scoder_lib.method.influence import gradients as inf_grads
+from scoder_lib.method.influence import projection as inf_proj
+from scoder_lib.method.synthesis import messages, render
+from scoder_lib.method.train import Example, encode, sft
 
 CACHE = REPO_ROOT / ".cache" / "scoder"
 LESS_PROJECT_INTERVAL = 16
@@ -44,12 +51,25 @@ LESS_PROJECT_INTERVAL = 16
 
 def functions(limit: int) -> list[str]:
     """Source of small standard-library functions: stand-ins for snippets and solutions."""
-    import importlib
-    import textwrap
 
     out: dict[str, None] = {}  # ordered, without repeats
-    for name in ("ast", "json.encoder", "textwrap", "argparse", "tempfile", "string", "shutil", "pathlib",
-                 "inspect", "random", "statistics", "fractions", "difflib", "csv", "calendar"):
+    for name in (
+        "ast",
+        "json.encoder",
+        "textwrap",
+        "argparse",
+        "tempfile",
+        "string",
+        "shutil",
+        "pathlib",
+        "inspect",
+        "random",
+        "statistics",
+        "fractions",
+        "difflib",
+        "csv",
+        "calendar",
+    ):
         src = Path(importlib.import_module(name).__file__).read_text()
         for node in ast.walk(ast.parse(src)):
             if isinstance(node, ast.FunctionDef) and 3 <= node.end_lineno - node.lineno <= 20:
@@ -78,18 +98,24 @@ def make_examples(tok, n: int, lo: int = 256, hi: int = 400) -> list[Example]:
 
 
 def checkpoint(ref, train: list[Example], last_layers: int | None) -> Path:
-    opts = TrainOptions(max_steps=2, batch_size=4, learning_rate=2e-4, num_checkpoints=1, max_seq_len=512,
-                        lora=LoraOptions(r=16, alpha=32, last_layers=last_layers))
+    opts = TrainOptions(
+        max_steps=2,
+        batch_size=4,
+        learning_rate=2e-4,
+        num_checkpoints=1,
+        max_seq_len=512,
+        lora=LoraOptions(r=16, alpha=32, last_layers=last_layers),
+    )
     out = CACHE / "bench_influence" / f"last{last_layers or 'all'}"
     return sft(train, ref.path, out, opts, ref.fingerprint).final
 
 
 def child(method: str, ckpt: Path, samples: list[Example], opts: InfluenceOptions, out: Path) -> None:
     """Run one method, write its features and print its timings as JSON (last stdout line)."""
-    loaded = inf.load_checkpoint(ckpt)  # loading is the same for all methods: not timed
+    loaded = inf_features.load_checkpoint(ckpt)  # loading is the same for all methods: not timed
     rss_loaded = reset_peak_rss()
     proj_s, proj_cpu = [0.0], [0.0]
-    real = inf.Projector.project
+    real = inf_proj.Projector.project
 
     def timed(self, vectors):
         t, c = time.perf_counter(), time.process_time()
@@ -99,20 +125,32 @@ def child(method: str, ckpt: Path, samples: list[Example], opts: InfluenceOption
             proj_s[0] += time.perf_counter() - t
             proj_cpu[0] += time.process_time() - c
 
-    inf.Projector.project = timed
+    inf_proj.Projector.project = timed
     start, cpu = time.perf_counter(), time.process_time()
     if method == "loop":
         feats = less_loop(loaded, ckpt, samples, opts)
     else:
         bs = 1 if method == "bs1" else opts.batch_size
-        feats = inf.gradient_features(ckpt, samples, kind="adam", opts=opts.model_copy(update={"batch_size": bs}),
-                                      max_seq_len=512)
+        feats = inf_features.gradient_features(
+            ckpt, samples, kind="adam", opts=opts.model_copy(update={"batch_size": bs}), max_seq_len=512
+        )
     total, cpu = time.perf_counter() - start, time.process_time() - cpu
     np.save(out / f"{method}.npy", feats)
-    print(json.dumps({"method": method, "total_s": total, "proj_s": proj_s[0], "cpu_s": cpu,
-                      "proj_cpu_s": proj_cpu[0], "n": len(samples),
-                      "params": loaded.layout.total, "rss_loaded_mb": rss_loaded,
-                      "peak_rss_mb": peak_rss()}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "total_s": total,
+                "proj_s": proj_s[0],
+                "cpu_s": cpu,
+                "proj_cpu_s": proj_cpu[0],
+                "n": len(samples),
+                "params": loaded.layout.total,
+                "rss_loaded_mb": rss_loaded,
+                "peak_rss_mb": peak_rss(),
+            }
+        )
+    )
 
 
 def reset_peak_rss() -> float:
@@ -120,13 +158,10 @@ def reset_peak_rss() -> float:
 
     Why: from_pretrained's own peak would otherwise hide the method's (ru_maxrss never resets).
     """
-    import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     return _status_mb("VmRSS")
 
 
@@ -147,13 +182,13 @@ def _status_mb(field: str) -> float:
 
 def less_loop(loaded, ckpt: Path, samples: list[Example], opts: InfluenceOptions) -> np.ndarray:
     """LESS's collect_grads: per-sample backward, Adam transform, project every 16 samples."""
-    transform = inf._transform(ckpt, loaded.layout)
-    projector = inf.Projector(opts.projection_dim, opts.projection_seed)
+    transform = inf_features._transform(ckpt, loaded.layout)
+    projector = inf_proj.Projector(opts.projection_dim, opts.projection_seed)
     rows = [encode(loaded.tok, e, 512) for e in samples]
     feats = []
     for s in range(0, len(rows), LESS_PROJECT_INTERVAL):
-        grads = inf.loop_grads(loaded.model, loaded.layout, rows[s: s + LESS_PROJECT_INTERVAL])
-        feats.append(inf.l2_normalise(projector.project(transform(grads))))
+        grads = inf_grads.loop_grads(loaded.model, loaded.layout, rows[s : s + LESS_PROJECT_INTERVAL])
+        feats.append(inf_proj.l2_normalise(projector.project(transform(grads))))
     return np.concatenate(feats)
 
 
@@ -169,7 +204,6 @@ def main() -> None:
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     setup_logging()
-    import transformers
 
     ref = prepare(ModelSpec(name="smollm2-135m-instruct"), CACHE)
     tok = transformers.AutoTokenizer.from_pretrained(ref.path)
@@ -183,9 +217,11 @@ def main() -> None:
 
 def report(args: argparse.Namespace, ckpt: Path, samples: list[Example], tok) -> None:
     lengths = [len(encode(tok, e, 512)["input_ids"]) for e in samples]
-    print(f"checkpoint {ckpt} (LoRA r=16 on {'all' if not args.last_layers else f'the last {args.last_layers}'} "
-          f"layers); {len(samples)} samples of {min(lengths)}-{max(lengths)} tokens (mean {np.mean(lengths):.0f}); "
-          f"D={args.dim}, batch {args.batch_size}; {args.rounds} round(s), methods interleaved")
+    print(
+        f"checkpoint {ckpt} (LoRA r=16 on {'all' if not args.last_layers else f'the last {args.last_layers}'} "
+        f"layers); {len(samples)} samples of {min(lengths)}-{max(lengths)} tokens (mean {np.mean(lengths):.0f}); "
+        f"D={args.dim}, batch {args.batch_size}; {args.rounds} round(s), methods interleaved"
+    )
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):  # interleaved: load from other jobs drifts over minutes
@@ -200,14 +236,30 @@ def report(args: argparse.Namespace, ckpt: Path, samples: list[Example], tok) ->
             continue
         ratio = {k: base[k] / r[k] for k in ("total_s", "cpu_s", "proj_cpu_s")}
         grads = (base["cpu_s"] - base["proj_cpu_s"]) / (r["cpu_s"] - r["proj_cpu_s"])
-        print(f"{method} vs loop (best of {args.rounds}): {ratio['cpu_s']:.2f}x less CPU time "
-              f"({ratio['total_s']:.2f}x wall); gradients {grads:.2f}x, projection {ratio['proj_cpu_s']:.2f}x; "
-              f"features max abs diff {np.abs(r['feats'] - base['feats']).max():.2e}")
+        print(
+            f"{method} vs loop (best of {args.rounds}): {ratio['cpu_s']:.2f}x less CPU time "
+            f"({ratio['total_s']:.2f}x wall); gradients {grads:.2f}x, projection {ratio['proj_cpu_s']:.2f}x; "
+            f"features max abs diff {np.abs(r['feats'] - base['feats']).max():.2e}"
+        )
 
 
 def run_child(args: argparse.Namespace, method: str, tmp: str) -> dict:
-    cmd = [sys.executable, __file__, "--samples", str(args.samples), "--batch-size", str(args.batch_size),
-           "--dim", str(args.dim), "--last-layers", str(args.last_layers), "--child", method, "--out", tmp]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--samples",
+        str(args.samples),
+        "--batch-size",
+        str(args.batch_size),
+        "--dim",
+        str(args.dim),
+        "--last-layers",
+        str(args.last_layers),
+        "--child",
+        method,
+        "--out",
+        tmp,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
@@ -217,10 +269,13 @@ def run_child(args: argparse.Namespace, method: str, tmp: str) -> dict:
 
 
 def print_row(r: dict) -> None:
-    print(f"{r['method']:>8}: {r['n'] / r['total_s']:.3f} samples/s wall, {r['n'] / r['cpu_s']:.3f} per CPU-s "
-          f"({r['total_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU of which projection {r['proj_cpu_s']:.1f} s); "
-          f"peak RSS {r['peak_rss_mb']:.0f} MB, +{r['peak_rss_mb'] - r['rss_loaded_mb']:.0f} MB over the loaded "
-          f"model; P={r['params']:,}", flush=True)
+    print(
+        f"{r['method']:>8}: {r['n'] / r['total_s']:.3f} samples/s wall, {r['n'] / r['cpu_s']:.3f} per CPU-s "
+        f"({r['total_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU of which projection {r['proj_cpu_s']:.1f} s); "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB, +{r['peak_rss_mb'] - r['rss_loaded_mb']:.0f} MB over the loaded "
+        f"model; P={r['params']:,}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

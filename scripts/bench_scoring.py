@@ -15,9 +15,10 @@ import time
 import numpy as np
 
 import scoder_lib  # noqa: F401
-from scoder_lib import scoring, seed
-from scoder_lib.config import REPO_ROOT, ModelSpec, load_config
-from scoder_lib.rating import make_rater
+from scoder_lib.core.config import REPO_ROOT, ModelSpec
+from scoder_lib.core.params import load_config
+from scoder_lib.method import scoring, seed
+from scoder_lib.method.rating import make_rater
 
 
 def main() -> None:

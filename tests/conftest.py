@@ -1,16 +1,27 @@
-"""Shared fixtures: offline, CPU-only, small. The benchmark files come from ../shared/benchmarks."""
+"""Shared fixtures: offline, CPU-only, small. The benchmark files come from ../shared/benchmarks.
+
+Caches are per test session (a temp folder): only the prepared models are shared with the
+repository's `.cache/scoder/models` (converted once by `make model`), read through a link.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import scoder_lib  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
-from scoder_lib.config import REPO_ROOT, load_config
+from scoder_lib.core.config import REPO_ROOT, LoraOptions, ModelSpec, TrainOptions
+from scoder_lib.core.params import load_config
+from scoder_lib.llm.models import ModelRef, prepare
+from scoder_lib.method.train import Example, sft
 
 SHARED_BENCHMARKS = (REPO_ROOT.parent / "shared" / "benchmarks").resolve()
+REPO_MODELS = REPO_ROOT / ".cache" / "scoder" / "models"
+PY = Path(sys.executable)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -28,6 +39,71 @@ def smoke_cfg():
 
 
 @pytest.fixture(scope="session")
-def cache_dir() -> Path:
-    """The repo's model cache: the converted SmolLM2 and the micro model are built once."""
-    return REPO_ROOT / ".cache" / "scoder"
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder of this test session whose `models/` is the repository's prepared models."""
+    folder = tmp_path_factory.mktemp("cache")
+    REPO_MODELS.mkdir(parents=True, exist_ok=True)
+    (folder / "models").symlink_to(REPO_MODELS, target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def micro_spec() -> ModelSpec:
+    return ModelSpec(name="micro", batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def micro_ref(cache_dir: Path, micro_spec: ModelSpec) -> ModelRef:
+    """The random-init 2-layer model with SmolLM2's tokenizer (built once, seeded)."""
+    return prepare(micro_spec, cache_dir)
+
+
+def train_micro(ref: ModelRef, out: Path, n: int = 8, num_checkpoints: int = 2, **opts: object) -> list[Path]:
+    """A few LoRA steps on toy examples: checkpoints with Adam moments, for what trains or samples."""
+    ex = [Example.of([{"role": "user", "content": f"q{i}"}], f"a{i}") for i in range(n)]
+    options = TrainOptions(
+        **{
+            "epochs": 1,
+            "batch_size": 2,
+            "num_checkpoints": num_checkpoints,
+            "max_seq_len": 64,
+            "lora": LoraOptions(r=4),
+            **opts,
+        }
+    )
+    return sft(ex, ref.path, out, options, ref.fingerprint).checkpoints
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoints(micro_ref: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two LoRA checkpoints of the micro model (a synthesizer with M = 2)."""
+    return train_micro(micro_ref, tmp_path_factory.mktemp("synth"))
+
+
+def make(
+    *goals: str, outputs: Path, profile: str | Path, run: str, timeout: float = 900, popen: bool = False, **kw: object
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`make <goals>` on this repository with this interpreter's venv, outputs in a temp folder."""
+    args = [
+        "make",
+        "--no-print-directory",
+        *goals,
+        f"PROFILE={profile}",
+        f"RUN={run}",
+        f"OUTPUTS={outputs}",
+        f"PY={PY}",
+        f"VENV={PY.parent.parent}",
+    ]
+    env = {**os.environ, "SCODER_OUTPUTS": ""}
+    if popen:
+        return subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env=env,
+            **kw,
+        )
+    return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=timeout, **kw)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import time
+import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from conftest import PY, make
+from packaging.specifiers import SpecifierSet
 
-from scoder_lib.config import PARAMS_DIR, REPO_ROOT, ConfigError, load_config
-from scoder_lib.stages import STAGES
+from scoder_lib.core.config import REPO_ROOT, ConfigError
+from scoder_lib.core.params import PARAMS_DIR, load_config
+from scoder_lib.core.run import STAGES, Run, StageRef
+from scoder_lib.pipeline.plan import make_rules
 
-PY = sys.executable
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
@@ -34,14 +39,22 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("data,needle", [
-    ({"synthesizer": {"name": "micro"}, "preprocess": {"dedupp": {}}}, "unknown key 'preprocess.dedupp'"),
-    ({"synthesizer": {"name": "micro"}, "preprocess": {"dedup": {"num_perm": "many"}}}, "preprocess.dedup.num_perm"),
-    ({"synthesizer": {"name": "micro"}, "iterate": {"iterations": 1.5}}, "iterate.iterations"),
-    ({"preprocess": {}}, "missing required key 'synthesizer'"),
-    ({"synthesizer": {"name": "micro"}, "preprocess": {"sources": [{"kind": "folder", "path": "/nope/x"}]}},
-     "does not exist"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"synthesizer": {"name": "micro"}, "preprocess": {"dedupp": {}}}, "unknown key 'preprocess.dedupp'"),
+        (
+            {"synthesizer": {"name": "micro"}, "preprocess": {"dedup": {"num_perm": "many"}}},
+            "preprocess.dedup.num_perm",
+        ),
+        ({"synthesizer": {"name": "micro"}, "iterate": {"iterations": 1.5}}, "iterate.iterations"),
+        ({"preprocess": {}}, "missing required key 'synthesizer'"),
+        (
+            {"synthesizer": {"name": "micro"}, "preprocess": {"sources": [{"kind": "folder", "path": "/nope/x"}]}},
+            "does not exist",
+        ),
+    ],
+)
 def test_bad_params_fail_with_one_line(tmp_path, data, needle):
     with pytest.raises(ConfigError) as err:
         load_config(str(_write(tmp_path, data)))
@@ -58,8 +71,12 @@ def test_unknown_key_message_lists_allowed_keys(tmp_path):
 def test_bad_params_write_nothing(tmp_path):
     bad = _write(tmp_path, {"synthesizer": {"name": "micro"}, "seed_stage": {"trian": {}}})
     out = tmp_path / "outputs"
-    proc = subprocess.run([PY, "-m", "scoder_lib.runner", "plan", "--profile", str(bad), "--run", "x"],
-                          capture_output=True, text=True, env={**os.environ, "SCODER_OUTPUTS": str(out)})
+    proc = subprocess.run(
+        [PY, "-m", "scoder_lib.pipeline.plan", "--profile", str(bad), "--run", "x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SCODER_OUTPUTS": str(out)},
+    )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "seed_stage.trian" in errors[0]
@@ -67,13 +84,16 @@ def test_bad_params_write_nothing(tmp_path):
 
 
 def test_vllm_backend_without_vllm_fails_at_plan(tmp_path):
-    pytest.importorskip("pydantic")
     if __import__("importlib").util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
     bad = _write(tmp_path, {"synthesizer": {"name": "micro", "backend": "vllm"}})
-    proc = subprocess.run([PY, "-m", "scoder_lib.runner", "plan", "--profile", str(bad), "--run", "x"],
-                          capture_output=True, text=True, env={**os.environ, "SCODER_OUTPUTS": str(tmp_path / "o")})
-    assert proc.returncode != 0 and "needs vLLM" in proc.stderr and "pip install vllm" in proc.stderr
+    proc = subprocess.run(
+        [PY, "-m", "scoder_lib.pipeline.plan", "--profile", str(bad), "--run", "x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SCODER_OUTPUTS": str(tmp_path / "o")},
+    )
+    assert proc.returncode != 0 and "synthesizer" in proc.stderr and "pip install vllm" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- notebooks
@@ -93,11 +113,65 @@ def test_notebook_contract(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert "st.finish(" in code[-1].source, "the last cell writes metrics and the marker"
     assert "input(" not in "".join(c.source for c in code)
+    # the library does the work: a notebook defines no function longer than a few lines
+    for cell in code:
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+                assert node.end_lineno - node.lineno < 5, f"a long function in {path.name}: {cell.source[:200]}"
 
 
 def test_every_stage_has_its_notebook():
     missing = [sd.key for sd in STAGES if not sd.notebook.exists()]
     assert not missing, missing
+
+
+# ----------------------------------------------------------------------------- the run object
+def test_stage_table_orders_instances_and_make_rules(smoke_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path))
+    run = Run(
+        "r", "smoke", smoke_cfg.model_copy(update={"iterate": smoke_cfg.iterate.model_copy(update={"iterations": 3})})
+    )
+    ids = [ref.id for ref in run.instances]
+    assert ids == [
+        "01_preprocess",
+        "02_seed",
+        "03_sample_score@1",
+        "04_influence@1",
+        "03_sample_score@2",
+        "04_influence@2",
+        "03_sample_score@3",
+        "04_influence@3",
+        "05_final",
+        "06_evaluate",
+        "07_report",
+    ]
+    assert run.stage_dir("04_influence", 2) == tmp_path / "r" / "iter_2" / "04_influence"
+    assert StageRef("05_final", 0).iteration is None and StageRef("03_sample_score", 2).name == "03_sample_score_iter2"
+    with pytest.raises(ValueError, match="per iteration"):
+        StageRef("03_sample_score")
+    rules = make_rules(run)
+    # each marker depends on its stamp and on the marker before it, in the table's order
+    assert (
+        "$(OUT)/iter_3/03_sample_score/_SUCCESS.json: $(STAMPS)/03_sample_score.iter3.hash "
+        "$(OUT)/iter_2/04_influence/_SUCCESS.json" in rules
+    )
+    assert "$(OUT)/05_final/_SUCCESS.json: $(STAMPS)/05_final.hash $(OUT)/iter_3/04_influence/_SUCCESS.json" in rules
+    assert rules.rstrip().endswith("FINAL_MARKER := $(OUT)/07_report/_SUCCESS.json")
+    no_iterations = Run(
+        "r", "smoke", smoke_cfg.model_copy(update={"iterate": smoke_cfg.iterate.model_copy(update={"iterations": 0})})
+    )
+    assert "$(OUT)/05_final/_SUCCESS.json: $(STAMPS)/05_final.hash $(OUT)/02_seed/_SUCCESS.json" in make_rules(
+        no_iterations
+    )
+
+
+def test_a_run_refuses_another_profiles_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps({"profile": "tiny", "run": "r"}))
+    assert Run.open("r").profile == "tiny"
+    with pytest.raises(ConfigError, match="made with profile 'tiny'"):
+        Run.for_profile("smoke", "r")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -107,22 +181,25 @@ def _tiny_profile(tmp_path: Path, extra: int = 6) -> Path:
     for i in range(extra):
         (src / f"m{i}.py").write_text(
             f"def f{i}(values, k={i}):\n    total = 0\n    for v in values:\n        total += v * k + {i}\n"
-            f"    return total\n")
+            f"    return total\n"
+        )
     (src / "broken.py").write_bytes(b"def f(:\n")
     (src / "latin.py").write_bytes(b"x = '\xe9'\n")
-    data = {"synthesizer": {"name": "micro"},
-            "preprocess": {"sources": [{"kind": "folder", "path": str(src)}],
-                           "decontam": {"benchmarks": ["humaneval"]}, "extract": {"min_chars": 20}}}
+    data = {
+        "synthesizer": {"name": "micro"},
+        "preprocess": {
+            "sources": [{"kind": "folder", "path": str(src)}],
+            "decontam": {"benchmarks": ["humaneval"]},
+            "extract": {"min_chars": 20},
+        },
+    }
     path = tmp_path / "unit.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 def _make(tmp_path: Path, profile: Path, *goals: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SCODER_OUTPUTS": ""}
-    args = ["make", "--no-print-directory", *goals, f"PROFILE={profile}", "RUN=unit",
-            f"OUTPUTS={tmp_path / 'outputs'}", f"PY={PY}", "VENV=" + str(Path(PY).parent.parent)]
-    return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    return make(*goals, outputs=tmp_path / "outputs", profile=profile, run="unit", timeout=600)
 
 
 def test_stage_01_runs_skips_and_reruns_on_param_change(tmp_path):
@@ -152,9 +229,10 @@ def test_stage_01_runs_skips_and_reruns_on_param_change(tmp_path):
 def test_interrupted_stage_is_not_done_and_rerun_completes(tmp_path):
     profile = _tiny_profile(tmp_path)
     env = {**os.environ, "SCODER_OUTPUTS": str(tmp_path / "outputs")}
-    subprocess.run([PY, "-m", "scoder_lib.runner", "plan", "--profile", str(profile), "--run", "unit"],
-                   check=True, env=env)
-    stage = [PY, "-m", "scoder_lib.runner", "stage", "--run", "unit", "--stage", "01_preprocess"]
+    subprocess.run(
+        [PY, "-m", "scoder_lib.pipeline.plan", "--profile", str(profile), "--run", "unit"], check=True, env=env
+    )
+    stage = [PY, "-m", "scoder_lib.pipeline.runner", "stage", "--run", "unit", "--stage", "01_preprocess"]
     proc = subprocess.Popen(stage, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     folder = tmp_path / "outputs" / "unit" / "01_preprocess"
     deadline = time.monotonic() + 120
@@ -166,3 +244,17 @@ def test_interrupted_stage_is_not_done_and_rerun_completes(tmp_path):
     assert not (folder / "_SUCCESS.json").exists()
     assert subprocess.run(stage, env=env, capture_output=True).returncode == 0
     assert (folder / "_SUCCESS.json").exists()
+
+
+# ----------------------------------------------------------------------------- environment
+def test_environment_yml_is_a_thin_wrapper_over_pyproject():
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    python = next(d.split("=", 1)[1] for d in conda if d.startswith("python="))
+    assert SpecifierSet(project["requires-python"]).contains(f"{python}.0"), (python, project["requires-python"])
+    assert sorted(conda) == sorted([f"python={python}", "pip"]), "conda pins nothing pyproject.toml already says"
+    assert len(pip) == 1 and pip[0].startswith("-e ."), "pip installs the project from the checkout"
+    extras = re.findall(r"\[([^\]]*)\]", pip[0])
+    assert all(e in project["optional-dependencies"] for x in extras for e in x.split(","))

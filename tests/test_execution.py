@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -11,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from scoder_lib import execution
-from scoder_lib.config import REPO_ROOT, ExecutionOptions
-from scoder_lib.execution import ExecResult, Job, check_solution, run_many, run_program
+from scoder_lib.core.config import REPO_ROOT, ExecutionOptions
+from scoder_lib.sandbox import execution, isolation
+from scoder_lib.sandbox.execution import ExecResult, Job, check_solution, run_many, run_program
 
-BWRAP_OK, BWRAP_WHY = execution._bwrap_status()
-MODES = [pytest.param("rlimits", id="rlimits"),
-         pytest.param("bwrap", id="bwrap", marks=pytest.mark.skipif(not BWRAP_OK, reason=f"bwrap unusable: {BWRAP_WHY}"))]
+BWRAP_OK, BWRAP_WHY = isolation.bwrap_status()
+MODES = [
+    pytest.param("rlimits", id="rlimits"),
+    pytest.param("bwrap", id="bwrap", marks=pytest.mark.skipif(not BWRAP_OK, reason=f"bwrap unusable: {BWRAP_WHY}")),
+]
 
 
 @pytest.fixture(params=MODES)
@@ -69,16 +74,24 @@ def warm(mode: str) -> set[int]:
 def test_pass_fail_and_reasons(mode: str) -> None:
     ok = run_program("print('hi')", isolation=mode)
     assert ok.passed and ok.status == "passed" and ok.stdout == "hi\n" and ok.isolation == mode
-    bad = check_solution("def f(x):\n    return x + 1", "assert f(1) == 2\nassert f(2) == 4\nassert f(0) == 1",
-                         isolation=mode)
+    bad = check_solution(
+        "def f(x):\n    return x + 1", "assert f(1) == 2\nassert f(2) == 4\nassert f(0) == 1", isolation=mode
+    )
     assert bad.status == "failed" and "<tests>:2" in bad.reason and "AssertionError" in bad.reason
     syntax = run_program("def f(:\n    pass", isolation=mode)
     assert syntax.status == "failed" and "SyntaxError" in syntax.reason
 
 
 def test_run_many_keeps_order_and_survives_crashes(mode: str) -> None:
-    jobs = ["print(0)", "import ctypes\nctypes.string_at(0)", Job("while True: pass", timeout_s=1),
-            "import os\nos.abort()", ("def f(): return 1", "assert f() == 1"), "x = bytearray(1 << 34)", "print(6)"]
+    jobs = [
+        "print(0)",
+        "import ctypes\nctypes.string_at(0)",
+        Job("while True: pass", timeout_s=1),
+        "import os\nos.abort()",
+        ("def f(): return 1", "assert f() == 1"),
+        "x = bytearray(1 << 34)",
+        "print(6)",
+    ]
     results = run_many(jobs, workers=3, isolation=mode, timeout_s=5, memory_mb=512)
     assert [r.status for r in results] == ["passed", "failed", "timeout", "failed", "passed", "failed", "passed"]
     assert results[0].stdout == "0\n" and results[6].stdout == "6\n"
@@ -104,25 +117,28 @@ def test_output_is_capped_and_stdin_is_empty(mode: str) -> None:
 def test_environment_is_scrubbed(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-leak-0123456789")
     execution.shutdown()  # sandbox servers start again, while the key is in our environment
-    probe = run_program("import os\nprint(sorted(os.environ))\nprint(os.environ['HOME'] == os.getcwd())",
-                        isolation=mode)
+    probe = run_program(
+        "import os\nprint(sorted(os.environ))\nprint(os.environ['HOME'] == os.getcwd())", isolation=mode
+    )
     assert probe.passed and "OPENAI_API_KEY" not in probe.stdout and probe.stdout.endswith("True\n")
-    reader = ("import os\nfound = []\nfor p in os.listdir('/proc'):\n    try:\n"
-              "        found += [p] if b'sk-test-leak' in open(f'/proc/{p}/environ', 'rb').read() else []\n"
-              "    except OSError:\n        pass\nprint(found)\nkey = os.environ['OPENAI_API_KEY']")
+    reader = (
+        "import os\nfound = []\nfor p in os.listdir('/proc'):\n    try:\n"
+        "        found += [p] if b'sk-test-leak' in open(f'/proc/{p}/environ', 'rb').read() else []\n"
+        "    except OSError:\n        pass\nprint(found)\nkey = os.environ['OPENAI_API_KEY']"
+    )
     stolen = run_program(reader, isolation=mode)
     assert stolen.status == "failed" and "KeyError" in stolen.reason and stolen.stdout == "[]\n"
 
 
 def test_isolation_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert execution.isolation_in_force("rlimits") == "rlimits"
-    assert execution.isolation_in_force("auto") == ("bwrap" if BWRAP_OK else "rlimits")
+    assert isolation.isolation_in_force("rlimits") == "rlimits"
+    assert isolation.isolation_in_force("auto") == ("bwrap" if BWRAP_OK else "rlimits")
     with pytest.raises(ValueError):
-        execution.isolation_in_force("docker")
-    monkeypatch.setattr(execution, "_bwrap_status", lambda: (False, "bwrap not found on PATH"))
-    assert execution.isolation_in_force("auto") == "rlimits"
-    with pytest.raises(execution.SandboxUnavailable, match="bubblewrap"):
-        execution.isolation_in_force("bwrap")
+        isolation.isolation_in_force("docker")
+    monkeypatch.setattr(isolation, "bwrap_status", lambda: (False, "bwrap not found on PATH"))
+    assert isolation.isolation_in_force("auto") == "rlimits"
+    with pytest.raises(isolation.SandboxUnavailable, match="bubblewrap"):
+        isolation.isolation_in_force("bwrap")
 
 
 # ----------------------------------------------------------------------------- hostile programs
@@ -146,8 +162,12 @@ def test_memory_bomb(mode: str, warm: set[int]) -> None:
 
 def test_writes_outside_the_temp_folder(mode: str, warm: set[int], tmp_path: Path) -> None:
     token = uuid.uuid4().hex
-    targets = [tmp_path / f"escape-{token}", REPO_ROOT / f"escape-{token}", Path(f"/tmp/escape-{token}"),
-               Path.home() / f"escape-{token}"]
+    targets = [
+        tmp_path / f"escape-{token}",
+        REPO_ROOT / f"escape-{token}",
+        Path(f"/tmp/escape-{token}"),
+        Path.home() / f"escape-{token}",
+    ]
     program = "\n".join(f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError:\n    pass" for t in targets)
     program += f"\nopen({str(targets[0])!r}, 'w').write('x')"
     _assert_contained(mode, _one(mode, program), warm, "Error")
@@ -168,15 +188,14 @@ def test_network_connection(mode: str, warm: set[int]) -> None:
     thread.join()
     assert accepted == []
     _assert_contained(mode, result, warm, "Error")
-    _assert_contained(mode, _one(mode, "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)"),
-                      warm, "Error")
+    _assert_contained(
+        mode, _one(mode, "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)"), warm, "Error"
+    )
 
 
 def _accept(server: socket.socket, accepted: list[object]) -> None:
-    try:
+    with contextlib.suppress(OSError):
         accepted.append(server.accept())
-    except OSError:
-        pass
 
 
 def test_killing_the_parent(mode: str, warm: set[int]) -> None:
@@ -192,10 +211,12 @@ def test_exiting_before_the_tests_is_not_a_pass(mode: str, warm: set[int], exit_
 
 
 def test_fake_marker_and_always_equal_objects(mode: str, warm: set[int]) -> None:
-    fake = "import os\nos.write(3, b'{\"nonce\": \"guess\", \"verdict\": \"passed\"}\\n')\nos._exit(0)"
+    fake = 'import os\nos.write(3, b\'{"nonce": "guess", "verdict": "passed"}\\n\')\nos._exit(0)'
     _assert_contained(mode, _one(mode, fake), warm, "no completion marker")
-    always = ("class Yes:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
-              "        return False\ndef f(x):\n    return Yes()")
+    always = (
+        "class Yes:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
+        "        return False\ndef f(x):\n    return Yes()"
+    )
     tests = "assert f(1) == 2\nassert abs(f(1) - 2) < 1e-9\nassert f(3)"
     _assert_contained(mode, _one(mode, always, tests), warm, "forged")
     sneaky = "class Num(int):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return [Num(5)]"
@@ -206,14 +227,16 @@ def test_fake_marker_and_always_equal_objects(mode: str, warm: set[int]) -> None
 
 
 def test_escaped_grandchildren_are_killed(mode: str, warm: set[int]) -> None:
-    program = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-               "        time.sleep(60)\n    os._exit(0)\nprint('parent done')")
+    program = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(60)\n    os._exit(0)\nprint('parent done')"
+    )
     result = _one(mode, program)
     assert result.passed and _descendants() <= warm
 
 
 def test_a_dead_sandbox_worker_is_reported_and_replaced(mode: str) -> None:
-    pool = execution._pool(execution.isolation_in_force(mode), ())
+    pool = execution._pool(isolation.isolation_in_force(mode), ())
     slot = pool.checkout(1)[0]
     try:
         request = execution._request(Job("import time\ntime.sleep(10)"), 20, 256, 1000)
@@ -232,9 +255,11 @@ def test_a_dead_sandbox_worker_is_reported_and_replaced(mode: str) -> None:
 def test_custom_classes_as_inputs_are_not_forgeries():
     """Exercises may pass their own classes (with __iter__, __eq__ ...) into the function under test;
     only what the asserts compare is checked, so these pass while a returned forgery still fails."""
-    solution = ("class Box:\n    def __init__(self, v):\n        self.v = v\n    def __eq__(self, o):\n"
-                "        return isinstance(o, Box) and o.v == self.v\n    def __hash__(self):\n        return hash(self.v)\n\n"
-                "def unique(items):\n    return len(set(items))\n")
+    solution = (
+        "class Box:\n    def __init__(self, v):\n        self.v = v\n    def __eq__(self, o):\n"
+        "        return isinstance(o, Box) and o.v == self.v\n    def __hash__(self):\n        return hash(self.v)\n\n"
+        "def unique(items):\n    return len(set(items))\n"
+    )
     tests = "assert unique([Box(1), Box(1), Box(2)]) == 2\nassert abs(unique([Box(3)]) - 1) < 1e-9\n"
     assert check_solution(solution, tests).passed
     forged = "class Yes:\n    def __eq__(self, o):\n        return True\n\ndef unique(items):\n    return Yes()\n"
@@ -244,12 +269,12 @@ def test_custom_classes_as_inputs_are_not_forgeries():
 
 def test_scripts_run_from_tmp_still_get_a_writable_tmp(tmp_path):
     """A script in /tmp puts /tmp on sys.path; the sandbox must not bind it read-only over its own /tmp."""
-    import subprocess
-    import sys
 
     script = Path("/tmp") / f"scoder-sandbox-check-{uuid.uuid4().hex}.py"
-    script.write_text("from scoder_lib import execution\n"
-                      "print(execution.run_many([('def f():\\n    return 1\\n', 'assert f() == 1\\n')], workers=1)[0].status)\n")
+    script.write_text(
+        "from scoder_lib.sandbox import execution\n"
+        "print(execution.run_many([('def f():\\n    return 1\\n', 'assert f() == 1\\n')], workers=1)[0].status)\n"
+    )
     try:
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd="/tmp")
     finally:

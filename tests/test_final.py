@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import datasets
 import pytest
+import transformers
 
-from scoder_lib import instructions
-from scoder_lib.benchmarks import load_tasks
-from scoder_lib.config import DecontamOptions, LoraOptions, ModelSpec, TrainOptions
-from scoder_lib.decontam import Decontaminator, benchmark_texts
-from scoder_lib.models import prepare
-from scoder_lib.synthesis import Sample
-from scoder_lib.train import sft
+from scoder_lib.core.config import DecontamOptions, LoraOptions, TrainOptions
+from scoder_lib.core.records import InstructionSample, Sample
+from scoder_lib.data.benchmarks import load_tasks
+from scoder_lib.data.decontam import Decontaminator, benchmark_texts
+from scoder_lib.method import instructions
+from scoder_lib.method.train import sft
 
 
 def _sample(problem: str, solution: str, status: str = "passed") -> Sample:
@@ -25,22 +26,30 @@ def humaneval_dc():
 
 def test_instruction_set_catches_a_planted_humaneval_problem(humaneval_dc):
     he = load_tasks("humaneval")[12]
-    clean = [_sample(f"Write `scale{i}(xs, k)` that multiplies each of the {i} numbers in xs by k.",
-                     f"def scale{i}(xs, k):\n    return [x * k * {i} for x in xs]\n") for i in range(5)]
+    clean = [
+        _sample(
+            f"Write `scale{i}(xs, k)` that multiplies each of the {i} numbers in xs by k.",
+            f"def scale{i}(xs, k):\n    return [x * k * {i} for x in xs]\n",
+        )
+        for i in range(5)
+    ]
     planted = _sample(he.prompt, he.prompt + he.canonical_solution)
     failing = _sample("Return the answer to everything as a string of digits.", "def f():\n    return 41\n", "failed")
     dup = _sample(clean[0].problem, clean[0].solution)
-    out = instructions.build("arm", clean + [planted, failing, dup], ["snip"] * 8, min_status="passed",
-                             dedup_threshold=0.7, dc=humaneval_dc)
-    assert len(out.rows) == 5 and all(r["problem"] != he.prompt for r in out.rows)
+    out = instructions.build(
+        "arm", clean + [planted, failing, dup], ["snip"] * 8, min_status="passed", dedup_threshold=0.7, dc=humaneval_dc
+    )
+    assert len(out.rows) == 5 and all(r.problem != he.prompt for r in out.rows)
     reasons = sorted(r["reason"].split(":")[0] for r in out.rejects)
     assert reasons == ["contaminated", "duplicate", "status_failed"]
     assert [n for _, n in out.funnel] == [8, 7, 6, 5]
 
 
 def test_arms_get_equal_sample_counts():
-    sets = [instructions.InstructionSet(name, [{"problem": str(i)} for i in range(n)]) for name, n in
-            [("scoder", 7), ("teacher", 30), ("base", 4), ("empty", 0)]]
+    sets = [
+        instructions.InstructionSet(name, [InstructionSample(str(i), "s", "t", "f", "passed", "x") for i in range(n)])
+        for name, n in [("scoder", 7), ("teacher", 30), ("base", 4), ("empty", 0)]
+    ]
     size, out = instructions.equalize(sets, None, seed=0)
     assert size == 4 and [len(s.rows) for s in out] == [4, 4, 4, 0]
     size, out = instructions.equalize(sets, 3, seed=0)
@@ -49,22 +58,38 @@ def test_arms_get_equal_sample_counts():
     assert [s.rows for s in again] == [s.rows for s in out]  # seeded
 
 
-def test_dataset_and_student_load_with_standard_apis(tmp_path, cache_dir):
-    import datasets
-    import transformers
-
-    rows = [{"problem": f"Return {i} plus x.", "solution": f"def f(x):\n    return x + {i}\n", "tests": "assert f(0) == 0",
-             "entry_point": "f", "status": "passed", "snippet": "s"} for i in range(6)]
+def test_dataset_and_student_load_with_standard_apis(tmp_path, micro_ref):
+    rows = [
+        InstructionSample(
+            f"Return {i} plus x.", f"def f(x):\n    return x + {i}\n", "assert f(0) == 0", "f", "passed", "s"
+        )
+        for i in range(6)
+    ]
     inst = instructions.InstructionSet("scoder", rows, [("synthesized", 6)])
-    folder = instructions.save(inst, tmp_path / "ds", {"title": "t", "run": "r", "arm": "scoder",
-                                                       "prompt_version": "v1", "synthesizer": "micro", "sources": "stdlib"})
+    folder = instructions.save(
+        inst,
+        tmp_path / "ds",
+        {
+            "title": "t",
+            "run": "r",
+            "arm": "scoder",
+            "prompt_version": "v1",
+            "synthesizer": "micro",
+            "sources": "stdlib",
+        },
+    )
     ds = datasets.load_dataset("parquet", data_files=str(folder / "train.parquet"), split="train")
-    assert ds.num_rows == 6 and ds[0]["problem"] == rows[0]["problem"]
+    assert ds.num_rows == 6 and ds[0]["problem"] == rows[0].problem
     assert "Samples: 6" in (folder / "README.md").read_text()
 
-    ref = prepare(ModelSpec(name="micro"), cache_dir)
-    examples = [instructions.student_example(r["problem"], r["solution"]) for r in rows]
-    res = sft(examples, ref.path, tmp_path / "student", TrainOptions(epochs=1, batch_size=2, num_checkpoints=1,
-                                                                     max_seq_len=128, lora=LoraOptions(r=4)), ref.fingerprint)
+    ref = micro_ref
+    examples = [instructions.student_example(r.problem, r.solution) for r in rows]
+    res = sft(
+        examples,
+        ref.path,
+        tmp_path / "student",
+        TrainOptions(epochs=1, batch_size=2, num_checkpoints=1, max_seq_len=128, lora=LoraOptions(r=4)),
+        ref.fingerprint,
+    )
     model = transformers.AutoModelForCausalLM.from_pretrained(str(res.final))
     assert model.config.num_hidden_layers == 2

@@ -5,34 +5,32 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoder_lib import candidates, lineage, scoring, seed
-from scoder_lib.config import REPO_ROOT, LoraOptions, ModelSpec, TrainOptions, load_config
-from scoder_lib.io import write_jsonl
-from scoder_lib.models import prepare
-from scoder_lib.pool import allocate, snippet_key
-from scoder_lib.stages import stage_dir
-from scoder_lib.train import Example, sft
+from scoder_lib.core.config import REPO_ROOT, ModelSpec
+from scoder_lib.core.io import write_jsonl
+from scoder_lib.core.params import load_config
+from scoder_lib.core.records import Candidate
+from scoder_lib.core.run import Run
+from scoder_lib.data.pool import allocate, snippet_key
+from scoder_lib.method import candidates, lineage, scoring, seed, selection
+from scoder_lib.method.rating import make_rater
 
 POOL = [{"id": str(i), "text": f"def f{i}(x):\n    return x + {i}\n"} for i in range(40)]
 
 
-@pytest.fixture(scope="module")
-def two_checkpoints(cache_dir, tmp_path_factory):
-    ref = prepare(ModelSpec(name="micro"), cache_dir)
-    ex = [Example.of([{"role": "user", "content": f"q{i}"}], f"a{i}") for i in range(8)]
-    opts = TrainOptions(epochs=1, batch_size=2, num_checkpoints=2, max_seq_len=64, lora=LoraOptions(r=4))
-    return [str(p) for p in sft(ex, ref.path, tmp_path_factory.mktemp("synth"), opts, ref.fingerprint).checkpoints]
+def _with_iterate(cfg, **update):
+    return cfg.model_copy(update={"iterate": cfg.iterate.model_copy(update=update)})
 
 
-def test_candidates_are_k_times_m_times_n(two_checkpoints, cache_dir, tmp_path):
-    cfg = load_config("smoke")
-    cfg = cfg.model_copy(update={"iterate": cfg.iterate.model_copy(update={"samples_per_checkpoint": 3})})
+def test_candidates_are_k_times_m_times_n(micro_checkpoints, smoke_cfg, tmp_path):
+    cfg = _with_iterate(smoke_cfg, samples_per_checkpoint=3, min_status="parsed")
     snippets = [p["text"] for p in POOL[:4]]
-    cands = candidates.sample(cfg, two_checkpoints, snippets, iteration=1, cache_dir=tmp_path)
+    cands = candidates.sample(cfg, [str(p) for p in micro_checkpoints], snippets, iteration=1, cache_dir=tmp_path)
     assert len(cands) == 4 * 2 * 3
-    assert len({c["cand_id"] for c in cands}) == len(cands)
-    assert {(c["checkpoint"], c["sample"]) for c in cands} == {(m, n) for m in range(2) for n in range(3)}
-    assert all(c["eligible"] for c in cands)  # smoke accepts any verdict
+    assert len({c.cand_id for c in cands}) == len(cands)
+    assert {(c.checkpoint, c.sample) for c in cands} == {(m, n) for m in range(2) for n in range(3)}
+    # eligibility follows the verdict: a random micro model never writes a parsable sample
+    assert [c.eligible for c in cands] == [c.status in ("failed", "passed") for c in cands]
+    assert Candidate.from_json(cands[0].to_json()) == cands[0]  # the file format round-trips
 
 
 def test_allocation_never_reuses_snippets():
@@ -49,19 +47,20 @@ def test_allocation_never_reuses_snippets():
         allocate(POOL, used, 100, seed=0, salt="x")
 
 
-def test_lineage_reads_what_earlier_iterations_used(tmp_path, monkeypatch):
+def test_lineage_reads_what_earlier_iterations_used(tmp_path, monkeypatch, smoke_cfg):
     monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path))
+    run = Run("r", "smoke", smoke_cfg)
     for t, chunk in [(1, POOL[:3]), (2, POOL[3:6])]:
-        folder = stage_dir("r", "03_sample_score", t)
+        folder = run.stage_dir("03_sample_score", t)
         folder.mkdir(parents=True)
         write_jsonl(folder / lineage.USED, [{"key": snippet_key(p["text"]), "id": p["id"]} for p in chunk])
-    assert lineage.snippets_used_before("r", 1) == set()
-    assert lineage.snippets_used_before("r", 3) == {snippet_key(p["text"]) for p in POOL[:6]}
+    assert lineage.snippets_used_before(run, 1) == set()
+    assert lineage.snippets_used_before(run, 3) == {snippet_key(p["text"]) for p in POOL[:6]}
 
 
 def test_seed_snippets_are_excluded():
     s = seed.load(REPO_ROOT / "data" / "seed" / "seed_v1.jsonl")
-    pool = [{"id": r["id"], "text": r["snippet"]} for r in s.rows] + POOL
+    pool = [{"id": r.id, "text": r.snippet} for r in s.rows] + POOL
     got = allocate(pool, s.snippet_keys(), 20, seed=3, salt="iteration-1")
     assert {p["id"] for p in got} <= {p["id"] for p in POOL}
 
@@ -91,11 +90,66 @@ def test_separation_auc():
     assert scoring.separation_auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
 
 
+def _cand(key: str, score: float | None, eligible: bool = True) -> Candidate:
+    return Candidate(
+        "p", "s", "t", "f", 1, "passed", cand_id=f"{key}{score}", snippet_key=key, eligible=eligible, score=score
+    )
+
+
 def test_initial_selection_best_per_snippet_then_top_fraction():
-    cands = [{"snippet_key": k, "score": s, "eligible": e, "cand_id": f"{k}{s}"}
-             for k, s, e in [("a", 5, True), ("a", 7, True), ("a", 9, False), ("b", 3, True), ("c", 8, True), ("d", 1, False)]]
-    sel = scoring.select_initial(cands, keep_top_fraction=0.67)
-    assert [c["cand_id"] for c in sel] == ["c8", "a7"]  # b3 cut by the fraction; d has nothing eligible
+    cands = [
+        _cand(k, s, e)
+        for k, s, e in [
+            ("a", 5, True),
+            ("a", 7, True),
+            ("a", 9, False),
+            ("b", 3, True),
+            ("c", 8, True),
+            ("d", 1, False),
+        ]
+    ]
+    sel = selection.best_per_snippet(cands, keep_top_fraction=0.67)
+    assert [c.cand_id for c in sel] == ["c8", "a7"]  # b3 cut by the fraction; d has nothing eligible
+
+
+def test_aspect_weights_fit_or_fixed():
+    rng = np.random.default_rng(2)
+    teacher, base = rng.normal(6, 1, size=(60, 2)), rng.normal(4, 1, size=(60, 2))
+    teacher[:, 1] = base[:, 1] = rng.normal(5, 1, size=60)  # aspect 2 carries no signal
+    opts = load_config("tiny").iterate.weights.model_copy(update={"bootstrap": 20})
+    fit = scoring.fit_aspect_weights(teacher, base, ["a", "b"], opts, seed=0)
+    assert fit.weights[0] > 0.8 and fit.auc > 0.85 and fit.auc > fit.auc_equal
+    fixed = scoring.fit_aspect_weights(
+        teacher, base, ["a", "b"], opts.model_copy(update={"mode": "fixed", "fixed": {"a": 1.0, "b": 3.0}}), seed=0
+    )
+    assert np.allclose(fixed.weights, [0.25, 0.75]) and (fixed.low == fixed.weights).all()
+
+
+def test_scores_apply_to_eligible_candidates_only():
+    cands = [_cand("a", None), _cand("b", None, eligible=False), _cand("c", None)]
+    ratings = scoring.Ratings(np.array([[2.0, 4.0], [6.0, 8.0]]), np.array([[2, 4], [6, 8]]), ["x", "y"])
+    scoring.apply_scores(cands, ratings, np.array([0.5, 0.5]), ["x", "y"])
+    assert [c.score for c in cands] == [3.0, None, 7.0]
+    assert cands[1].ratings == {"x": None, "y": None} and cands[2].digits == {"x": 6, "y": 8}
+    scoring.apply_scores(cands, None, np.array([0.5, 0.5]), ["x", "y"])  # no scoring: ties at 0
+    assert [c.score for c in cands] == [0.0, None, 0.0]
+
+
+def test_influence_keeps_the_top_fraction_or_everything_when_off():
+    cands = [_cand(k, 1.0) for k in "abcd"]
+    scores = np.array([0.1, 0.9, 0.5, 0.9])
+    kept = selection.keep_by_influence(cands, scores, keep_fraction=0.5, enabled=True)
+    assert [c.snippet_key for c in kept] == ["b", "d"] and kept[0].influence == 0.9  # stable on ties
+    assert selection.keep_count(4, 0.1, True) == 1 and selection.keep_count(0, 0.5, True) == 0
+    assert len(selection.keep_by_influence(cands, np.zeros(4), 0.5, enabled=False)) == 4
+
+
+def test_nothing_survives_carries_the_previous_synthesizer(tmp_path):
+    prev = lineage.Synthesizer(["/c/ckpt-1", "/c/ckpt-2"], "/c/ckpt-2", 2, "enhanced")
+    carried = lineage.carry_over(tmp_path, prev, iteration=3)
+    assert carried.final == prev.final and "carried over" in carried.note
+    assert lineage.load_synthesizer(tmp_path) == carried
+    assert prev.sampling_checkpoints(1) == ["/c/ckpt-2"] and prev.sampling_checkpoints(None) == prev.checkpoints
 
 
 def test_rubric_names_every_default_aspect():
@@ -108,19 +162,25 @@ def test_rubric_names_every_default_aspect():
 @pytest.mark.slow
 def test_real_scorer_prefers_a_good_candidate(cache_dir):
     """On SmolLM2-135M, a correct, clear sample must be rated above a broken one (expected digit)."""
-    from scoder_lib.rating import make_rater
-
     rater = make_rater(ModelSpec(name="smollm2-135m-instruct"), cache_dir)
     rater.store = None
     snippet = "def mean(xs):\n    return sum(xs) / len(xs)\n"
-    good = ("[Problem]\nWrite a function `average(values: list[float]) -> float` that returns the arithmetic mean "
-            "of a non-empty list of numbers.\n\n[Solution]\n```python\ndef average(values):\n    return sum(values) / len(values)\n```\n\n"
-            "[Tests]\n```python\nassert average([1, 2, 3]) == 2\nassert average([5]) == 5\nassert average([-1, 1]) == 0\n```")
-    broken = "[Problem]\nzzz qq\n\n[Solution]\n```python\ndef (:\n  retrn ]]\n```\n\n[Tests]\n```python\nassert False\n```"
-    good2 = ("[Problem]\nWrite `count_words(text: str) -> dict[str, int]` returning how often each lower-cased word "
-             "occurs.\n\n[Solution]\n```python\ndef count_words(text):\n    counts = {}\n    for w in text.lower().split():\n"
-             "        counts[w] = counts.get(w, 0) + 1\n    return counts\n```\n\n[Tests]\n```python\n"
-             "assert count_words('a b a') == {'a': 2, 'b': 1}\nassert count_words('') == {}\n```")
+    good = (
+        "[Problem]\nWrite a function `average(values: list[float]) -> float` that returns the arithmetic mean "
+        "of a non-empty list of numbers.\n\n[Solution]\n```python\ndef average(values):\n"
+        "    return sum(values) / len(values)\n```\n\n[Tests]\n```python\nassert average([1, 2, 3]) == 2\n"
+        "assert average([5]) == 5\nassert average([-1, 1]) == 0\n```"
+    )
+    broken = (
+        "[Problem]\nzzz qq\n\n[Solution]\n```python\ndef (:\n  retrn ]]\n```\n\n[Tests]\n```python\nassert False\n```"
+    )
+    good2 = (
+        "[Problem]\nWrite `count_words(text: str) -> dict[str, int]` returning how often each lower-cased word "
+        "occurs.\n\n[Solution]\n```python\ndef count_words(text):\n    counts = {}\n"
+        "    for w in text.lower().split():\n"
+        "        counts[w] = counts.get(w, 0) + 1\n    return counts\n```\n\n[Tests]\n```python\n"
+        "assert count_words('a b a') == {'a': 2, 'b': 1}\nassert count_words('') == {}\n```"
+    )
     broken2 = "[Problem]\nThe snippet.\n\n[Solution]\n```python\nx = = 3\n```\n\n[Tests]\n```python\nprint(1)\n```"
     aspects = load_config("tiny").iterate.aspects
     r = scoring.rate(rater, [snippet] * 4, [good, broken, good2, broken2], aspects)

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from scoder_lib import models
-from scoder_lib.config import REPO_ROOT, ModelSpec, OpenAIOptions, Sampling
-from scoder_lib.llm import GenRequest, GenResult, Generator, make_backend
-from scoder_lib.llm_openai import OpenAIBackend, OpenAIBackendError, cost_usd, split_tokens
-from scoder_lib.llm_transformers import TransformersBackend
-from scoder_lib.openai_server import Faults, OpenAIServer
+from scoder_lib.core.config import REPO_ROOT, ModelSpec, OpenAIOptions, Sampling
+from scoder_lib.llm import models
+from scoder_lib.llm.base import GenRequest, GenResult
+from scoder_lib.llm.generator import Generator, make_backend
+from scoder_lib.llm.openai_backend import OpenAIBackend, OpenAIBackendError, cost_usd, split_tokens
+from scoder_lib.llm.openai_server import Faults, OpenAIServer
+from scoder_lib.llm.transformers_backend import TransformersBackend
 
 KEY_ENV = "SCODER_TEST_OPENAI_KEY"
 SECRET = "sk-test-SECRET-7f3a9c1e5b2d"  # recognisable, so any leak is easy to find
@@ -51,21 +52,30 @@ def srv(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> OpenAIServer:
 
 
 def make(srv: OpenAIServer, **options: float) -> OpenAIBackend:
-    opts = {"base_url": srv.url, "api_key_env": KEY_ENV, "max_concurrency": 4, "timeout_s": 10.0,
-            "max_retries": 2, "backoff_s": 0.01, **options}
+    opts = {
+        "base_url": srv.url,
+        "api_key_env": KEY_ENV,
+        "max_concurrency": 4,
+        "timeout_s": 10.0,
+        "max_retries": 2,
+        "backoff_s": 0.01,
+        **options,
+    }
     return OpenAIBackend(ModelSpec(name="micro", backend="openai", openai=OpenAIOptions(**opts)))
 
 
 def mixed_requests() -> list[GenRequest]:
-    chats = [GenRequest.chat([{"role": "user", "content": f"Write function number {i}."}], GREEDY)
-             for i in range(3)]
+    chats = [GenRequest.chat([{"role": "user", "content": f"Write function number {i}."}], GREEDY) for i in range(3)]
     prompts = [GenRequest.completion(p, GREEDY) for p in ("def add(a, b):", "import os\n", "class Stack:")]
     return [chats[0], prompts[0], chats[1], prompts[1], chats[2], prompts[2]]
 
 
 def same(a: GenResult, b: GenResult) -> bool:
-    return a.texts == b.texts and a.prompt_tokens == b.prompt_tokens and \
-        [c.finish_reason for c in a.completions] == [c.finish_reason for c in b.completions]
+    return (
+        a.texts == b.texts
+        and a.prompt_tokens == b.prompt_tokens
+        and [c.finish_reason for c in a.completions] == [c.finish_reason for c in b.completions]
+    )
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -170,8 +180,13 @@ def test_api_key_never_leaks(srv: OpenAIServer, tmp_path, caplog: pytest.LogCapt
     finally:
         logging.getLogger("scoder").removeHandler(caplog.handler)
     assert "***" in str(info.value)
-    written = [caplog.text, str(info.value), "".join(traceback.format_exception(info.value)),
-               json.dumps([r.to_json() for r in results]), gen.store.path.read_text()]
+    written = [
+        caplog.text,
+        str(info.value),
+        "".join(traceback.format_exception(info.value)),
+        json.dumps([r.to_json() for r in results]),
+        gen.store.path.read_text(),
+    ]
     written += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
     assert not any(SECRET in text for text in written)
     assert SECRET[:12] not in caplog.text
@@ -197,8 +212,9 @@ def test_fingerprint_is_url_and_model_not_key(srv: OpenAIServer, monkeypatch: py
 
 
 def test_cost_accounting_adds_up(srv: OpenAIServer, local: TransformersBackend) -> None:
-    assert cost_usd(1_000_000, 500_000, OpenAIOptions(price_per_1m_input_usd=2.5,
-                                                      price_per_1m_output_usd=10.0)) == pytest.approx(7.5)
+    assert cost_usd(
+        1_000_000, 500_000, OpenAIOptions(price_per_1m_input_usd=2.5, price_per_1m_output_usd=10.0)
+    ) == pytest.approx(7.5)
     requests = mixed_requests()
     backend = make(srv, price_per_1m_input_usd=2.5, price_per_1m_output_usd=10.0)
     remote = backend.generate(requests)
@@ -215,8 +231,9 @@ def test_cost_accounting_adds_up(srv: OpenAIServer, local: TransformersBackend) 
 
 
 def test_make_backend_builds_the_openai_backend(srv: OpenAIServer, tmp_path) -> None:
-    spec = ModelSpec(name="teacher-behind-a-server", backend="openai",
-                     openai=OpenAIOptions(base_url=srv.url, api_key_env=KEY_ENV))
+    spec = ModelSpec(
+        name="teacher-behind-a-server", backend="openai", openai=OpenAIOptions(base_url=srv.url, api_key_env=KEY_ENV)
+    )
     backend = make_backend(spec, tmp_path)
     assert isinstance(backend, OpenAIBackend) and backend.chunk_size == 4 * spec.openai.max_concurrency
     assert backend.generate([GenRequest.completion("def f():", GREEDY)])[0].usage["model"] == spec.name
@@ -224,8 +241,12 @@ def test_make_backend_builds_the_openai_backend(srv: OpenAIServer, tmp_path) -> 
 
 # ----------------------------------------------------------------------------- the server itself
 def post(srv: OpenAIServer, route: str, body: object, key: str = SECRET) -> tuple[int, dict]:
-    req = urllib.request.Request(srv.url + route, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        srv.url + route,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -234,12 +255,16 @@ def post(srv: OpenAIServer, route: str, body: object, key: str = SECRET) -> tupl
 
 
 def test_server_answers_openai_shapes_and_errors(srv: OpenAIServer) -> None:
-    status, body = post(srv, "/completions", {"model": "m", "prompt": ["a", "b"], "n": 2, "max_tokens": 2,
-                                              "temperature": 1.0})
+    status, body = post(
+        srv, "/completions", {"model": "m", "prompt": ["a", "b"], "n": 2, "max_tokens": 2, "temperature": 1.0}
+    )
     assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
-    status, body = post(srv, "/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "hi"}]}], "max_tokens": 2})
+    status, body = post(
+        srv,
+        "/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 2},
+    )
     assert status == 200 and body["choices"][0]["message"]["role"] == "assistant"
     assert post(srv, "/chat/completions", {"messages": []})[0] == 400
     assert post(srv, "/completions", {"prompt": [1, 2, 3]})[0] == 400

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scoder_lib.sanitize import referenced_names, sanitize
+from scoder_lib.evaluation.sanitize import referenced_names, sanitize
 
-CHATTY = '''Sure! Here is my solution:
+CHATTY = """Sure! Here is my solution:
 
 ```python
 import math
@@ -31,7 +31,7 @@ Example usage:
 ```python
 print(f([3]))
 ```
-'''
+"""
 
 
 def test_picks_the_block_defining_the_entry_point_and_trims_test_code():
@@ -65,8 +65,10 @@ def test_prose_around_unfenced_code_uses_the_longest_parsable_span():
 
 
 def test_later_definition_wins_and_non_python_blocks_are_ignored():
-    text = ("```bash\npip install nothing\n```\n```python\ndef f():\n    return 1\n```\n"
-            "Fixed version:\n```python\ndef g():\n    return 2\n\ndef f():\n    return g()\n```")
+    text = (
+        "```bash\npip install nothing\n```\n```python\ndef f():\n    return 1\n```\n"
+        "Fixed version:\n```python\ndef g():\n    return 2\n\ndef f():\n    return g()\n```"
+    )
     out, _ = sanitize(text, "f")
     ns: dict = {}
     exec(out, ns)

@@ -8,11 +8,13 @@ import os
 
 import pytest
 
-from scoder_lib import seed, synthesis
-from scoder_lib.config import REPO_ROOT, ExecutionOptions, ModelSpec, OpenAIOptions, Sampling, load_config
-from scoder_lib.decontam import build
-from scoder_lib.llm import Backend, Completion, GenRequest, GenResult, Generator, make_backend
-from scoder_lib.openai_server import OpenAIServer
+from scoder_lib.core.config import REPO_ROOT, ExecutionOptions, ModelSpec, OpenAIOptions, Sampling
+from scoder_lib.core.params import load_config
+from scoder_lib.data.decontam import build
+from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult
+from scoder_lib.llm.generator import Generator, make_backend
+from scoder_lib.llm.openai_server import OpenAIServer
+from scoder_lib.method import seed, synthesis
 
 SEED_FILE = REPO_ROOT / "data" / "seed" / "seed_v1.jsonl"
 
@@ -24,28 +26,34 @@ def seeds():
 
 def test_seed_set_shape(seeds):
     assert len(seeds.rows) >= 150 and len(seeds.heldout) >= 30
-    assert len({r["snippet"] for r in seeds.rows}) == len(seeds.rows)  # each from a distinct snippet
+    assert len({r.snippet for r in seeds.rows}) == len(seeds.rows)  # each from a distinct snippet
     for r in seeds.rows:
-        asserts = sum(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(r["tests"])))
-        assert asserts >= 3, r["id"]
-        assert r["prompt_version"] == "v1" and f"def {r['entry_point']}(" in r["solution"]
+        asserts = sum(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(r.tests)))
+        assert asserts >= 3, r.id
+        assert r.prompt_version == "v1" and f"def {r.entry_point}(" in r.solution
     assert (REPO_ROOT / "data" / "seed" / "PROVENANCE.md").exists()
 
 
 def test_every_seed_sample_passes_its_tests_in_the_sandbox(seeds):
-    samples = synthesis.verify([seed.as_sample(r) for r in seeds.rows], workers=2, timeout_s=10, memory_mb=1024,
-                               isolation="auto")
-    failed = [(r["id"], s.reason) for r, s in zip(seeds.rows, samples) if s.status != "passed"]
+    samples = synthesis.verify(
+        [seed.as_sample(r) for r in seeds.rows], workers=2, timeout_s=10, memory_mb=1024, isolation="auto"
+    )
+    failed = [(r.id, s.reason) for r, s in zip(seeds.rows, samples) if s.status != "passed"]
     assert not failed
 
 
 def test_no_seed_sample_is_contaminated(seeds, bench_folder):
     folder, fill = bench_folder
     cfg = load_config("tiny")
-    cfg = cfg.model_copy(update={"benchmarks": cfg.benchmarks.model_copy(
-        update={"folder": str(folder), "fill_from": [str(p) for p in fill], "download": False})})
+    cfg = cfg.model_copy(
+        update={
+            "benchmarks": cfg.benchmarks.model_copy(
+                update={"folder": str(folder), "fill_from": [str(p) for p in fill], "download": False}
+            )
+        }
+    )
     dc = build(cfg)
-    hits = [(r["id"], dc.check(r["problem"] + "\n" + r["solution"])) for r in seeds.rows]
+    hits = [(r.id, dc.check(r.problem + "\n" + r.solution)) for r in seeds.rows]
     assert not [h for h in hits if h[1]]
 
 
@@ -60,16 +68,31 @@ def test_malformed_seed_file_names_line_and_field(tmp_path):
 def test_parse_round_trips_a_teacher_sample(seeds):
     row = seeds.train[0]
     s = synthesis.parse(seed.response(row))
-    assert (s.problem, s.solution.strip(), s.tests.strip()) == (row["problem"], row["solution"].strip(), row["tests"].strip())
-    assert s.entry_point == row["entry_point"] and s.status == "failed" and s.reason == "not_executed"
+    assert (s.problem, s.solution.strip(), s.tests.strip()) == (row.problem, row.solution.strip(), row.tests.strip())
+    assert s.entry_point == row.entry_point and s.status == "failed" and s.reason == "not_executed"
 
 
-@pytest.mark.parametrize("text,status,reason", [
-    ("just prose, no sections", "unparsable", "missing_problem"),
-    ("[Problem]\nAdd.\n[Solution]\n```python\ndef f(:\n```\n[Tests]\n```python\nassert f()\n```", "invalid", "solution_syntax"),
-    ("[Problem]\nAdd.\n[Solution]\n```python\ndef f():\n    return 1\n```\n[Tests]\n```python\nprint(f())\n```", "invalid", "no_asserts"),
-    ("**[Problem]**\nAdd.\n\n### Solution\n```python\ndef f():\n    return 1\n```\n[Tests]\nassert f() == 1\n", "failed", "not_executed"),
-])
+@pytest.mark.parametrize(
+    "text,status,reason",
+    [
+        ("just prose, no sections", "unparsable", "missing_problem"),
+        (
+            "[Problem]\nAdd.\n[Solution]\n```python\ndef f(:\n```\n[Tests]\n```python\nassert f()\n```",
+            "invalid",
+            "solution_syntax",
+        ),
+        (
+            "[Problem]\nAdd.\n[Solution]\n```python\ndef f():\n    return 1\n```\n[Tests]\n```python\nprint(f())\n```",
+            "invalid",
+            "no_asserts",
+        ),
+        (
+            "**[Problem]**\nAdd.\n\n### Solution\n```python\ndef f():\n    return 1\n```\n[Tests]\nassert f() == 1\n",
+            "failed",
+            "not_executed",
+        ),
+    ],
+)
 def test_parse_reasons(text, status, reason):
     s = synthesis.parse(text)
     assert (s.status, s.reason) == (status, reason)
@@ -110,21 +133,35 @@ class _ScriptedTeacher(Backend):
 
 def test_openai_teacher_over_http_with_cost_accounting(seeds, tmp_path, monkeypatch):
     rows = seeds.train[:3]
-    answers = {r["snippet"]: seed.response(r) for r in rows[:2]}  # the third snippet gets a useless answer
+    answers = {r.snippet: seed.response(r) for r in rows[:2]}  # the third snippet gets a useless answer
     monkeypatch.setenv("TEACHER_KEY", "sk-test-not-a-real-key")
     with OpenAIServer(_ScriptedTeacher(answers), model_name="gpt-teacher") as server:
-        spec = ModelSpec(name="gpt-teacher", backend="openai", openai=OpenAIOptions(
-            base_url=server.url, api_key_env="TEACHER_KEY", price_per_1m_input_usd=2.5, price_per_1m_output_usd=10.0))
+        spec = ModelSpec(
+            name="gpt-teacher",
+            backend="openai",
+            openai=OpenAIOptions(
+                base_url=server.url, api_key_env="TEACHER_KEY", price_per_1m_input_usd=2.5, price_per_1m_output_usd=10.0
+            ),
+        )
         cfg = load_config("smoke")
-        cfg = cfg.model_copy(update={"seed_stage": cfg.seed_stage.model_copy(update={"teacher": cfg.seed_stage.teacher.model_copy(
-            update={"backend": "openai", "model": spec, "sampling": Sampling(max_new_tokens=1024)})}),
-            "execution": ExecutionOptions(workers=2, timeout_s=10)})
+        cfg = cfg.model_copy(
+            update={
+                "seed_stage": cfg.seed_stage.model_copy(
+                    update={
+                        "teacher": cfg.seed_stage.teacher.model_copy(
+                            update={"backend": "openai", "model": spec, "sampling": Sampling(max_new_tokens=1024)}
+                        )
+                    }
+                ),
+                "execution": ExecutionOptions(workers=2, timeout_s=10),
+            }
+        )
         gen = Generator(make_backend(spec, tmp_path), tmp_path)
-        new = seed.extend_with_teacher(cfg, gen, [r["snippet"] for r in rows], tmp_path)
+        new = seed.extend_with_teacher(cfg, gen, [r.snippet for r in rows], tmp_path)
         totals = gen.backend.totals
-    assert [n["problem"] for n in new] == [r["problem"] for r in rows[:2]]
+    assert [n.problem for n in new] == [r.problem for r in rows[:2]]
     expected_usd = (totals["prompt_tokens"] * 2.5 + totals["completion_tokens"] * 10.0) / 1e6
     assert totals["requests"] == 3 and totals["cost_usd"] == pytest.approx(expected_usd)
-    answered = sum(len(seed.response(r).split()) for r in rows[:2]) + len("no idea".split())
+    answered = sum(len(seed.response(r).split()) for r in rows[:2]) + len(["no", "idea"])
     assert totals["completion_tokens"] == answered
-    assert os.environ["TEACHER_KEY"] not in json.dumps(new)
+    assert os.environ["TEACHER_KEY"] not in json.dumps([n.to_json() for n in new])

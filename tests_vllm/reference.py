@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from scoder_lib.config import ModelSpec
-from scoder_lib.llm import GenRequest
-from scoder_lib.llm_transformers import TransformersBackend
-from scoder_lib.models import prepare
+from scoder_lib.core.config import ModelSpec
+from scoder_lib.llm.base import GenRequest
+from scoder_lib.llm.models import prepare
+from scoder_lib.llm.transformers_backend import TransformersBackend
 
 
 class RecordingBackend(TransformersBackend):
@@ -40,15 +40,15 @@ class RecordingBackend(TransformersBackend):
 def gaps(model: Any, prompt: list[int], out: list[int]) -> list[dict[str, float | int]]:
     """Top-2 logit gap and argmax at each generated position (and the one after the last)."""
     ids = torch.tensor([prompt + out])
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1:].float()
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()
     top = logits.topk(2, dim=-1)
     return [{"gap": float(v[0] - v[1]), "top1": int(i[0]), "top2": int(i[1])} for v, i in zip(top.values, top.indices)]
 
 
 def make_lora(base: str, out: str) -> None:
     """A rank-8 LoRA on q/v projections with random, nonzero A and B, so the adapter changes outputs."""
-    import transformers
-    from peft import LoraConfig, get_peft_model
+    import transformers  # noqa: PLC0415 - the reference runs in the vLLM venv's subprocess
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
 
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -63,17 +63,26 @@ def generate(src: str, dst: str) -> None:
     ref = prepare(spec, Path(job["cache_dir"]))
     backend = RecordingBackend(ref, spec)
     backend.rows = {}
-    requests = [GenRequest(**{k: tuple(map(tuple, v)) if k == "messages" else tuple(v) if k == "stop" else v
-                              for k, v in r.items()}) for r in job["requests"]]
+    requests = [
+        GenRequest(
+            **{k: tuple(map(tuple, v)) if k == "messages" else tuple(v) if k == "stop" else v for k, v in r.items()}
+        )
+        for r in job["requests"]
+    ]
     results = backend.generate(requests)
     out = []
     for i, (req, res) in enumerate(zip(requests, results)):
         prompt = backend.encode(req)
         tokens = backend.rows.get((i, 0), []) if req.greedy else []
-        out.append({"prompt_ids": prompt, "result": res.to_json(), "token_ids": tokens,
-                    "gaps": gaps(backend.model, prompt, tokens) if req.greedy else []})
-    Path(dst).write_text(json.dumps({"fingerprint": backend.fingerprint, "weights": ref.fingerprint,
-                                     "outputs": out}))
+        out.append(
+            {
+                "prompt_ids": prompt,
+                "result": res.to_json(),
+                "token_ids": tokens,
+                "gaps": gaps(backend.model, prompt, tokens) if req.greedy else [],
+            }
+        )
+    Path(dst).write_text(json.dumps({"fingerprint": backend.fingerprint, "weights": ref.fingerprint, "outputs": out}))
 
 
 if __name__ == "__main__":

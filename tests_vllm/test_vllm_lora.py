@@ -12,15 +12,18 @@ from typing import Any
 
 import pytest
 
-from scoder_lib.config import ModelSpec, VllmOptions, fingerprint
-from scoder_lib.llm import GenRequest
-from scoder_lib.llm_vllm import VllmBackend, merged_checkpoint
-from scoder_lib.models import models_dir, prepare
+from scoder_lib.core.config import ModelSpec, VllmOptions
+from scoder_lib.core.hashing import fingerprint
+from scoder_lib.llm.base import GenRequest
+from scoder_lib.llm.models import models_dir, prepare
+from scoder_lib.llm.vllm_backend import VllmBackend, merged_checkpoint
 
 from .conftest import CHAT, GREEDY, MODEL_DIR, main_venv, run_reference
 
-REQUESTS = [GenRequest.chat([{"role": "user", "content": c}], GREEDY.model_copy(update={"max_new_tokens": 32}))
-            for c in CHAT[:4]]
+REQUESTS = [
+    GenRequest.chat([{"role": "user", "content": c}], GREEDY.model_copy(update={"max_new_tokens": 32}))
+    for c in CHAT[:4]
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +31,21 @@ def lora(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     tmp = tmp_path_factory.mktemp("lora")
     adapter = tmp / "adapter"
     main_venv("lora", str(MODEL_DIR), str(adapter))
-    return {"adapter": adapter, "cache": tmp / "cache",
-            "reference": run_reference(tmp, str(adapter), REQUESTS, tmp / "cache")}
+    return {
+        "adapter": adapter,
+        "cache": tmp / "cache",
+        "reference": run_reference(tmp, str(adapter), REQUESTS, tmp / "cache"),
+    }
 
 
 def _run(lora: dict[str, Any], as_adapter: bool) -> tuple[str, list[list[str]]]:
     """(fingerprint, texts) of a fresh engine on the LoRA checkpoint; the engine is closed after."""
-    spec = ModelSpec(name=str(lora["adapter"]), backend="vllm", dtype="float32",
-                     vllm=VllmOptions(lora_as_adapter=as_adapter, enforce_eager=True, max_lora_rank=8))
+    spec = ModelSpec(
+        name=str(lora["adapter"]),
+        backend="vllm",
+        dtype="float32",
+        vllm=VllmOptions(lora_as_adapter=as_adapter, enforce_eager=True, max_lora_rank=8),
+    )
     ref = prepare(spec, lora["cache"])
     assert ref.base == str(MODEL_DIR)
     backend = VllmBackend(ref, spec, cache_dir=lora["cache"])

@@ -1,0 +1,322 @@
+"""The one config object: frozen, typed sections, one per stage (loaded from YAML by `core.params`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from scoder_lib.core.hashing import fingerprint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A params problem, phrased as one line: file, key, what is allowed."""
+
+
+class Section(BaseModel):
+    # Why strict + forbid: a typo in a YAML key must fail loudly, never fall back to a default.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ----------------------------------------------------------------------------- models
+class VllmOptions(Section):
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    # "ray" spans nodes (start a Ray cluster first); "mp" is one node.
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    # Serve a LoRA checkpoint as an adapter instead of merging it into the base weights.
+    lora_as_adapter: bool = False
+    max_lora_rank: int = 64
+
+
+class OpenAIOptions(Section):
+    base_url: str = "https://api.openai.com/v1"
+    # Name of the environment variable holding the key; the key itself never enters params or logs.
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 6
+    backoff_s: float = 1.0
+    price_per_1m_input_usd: float = 0.0
+    price_per_1m_output_usd: float = 0.0
+
+
+class ModelSpec(Section):
+    """Which model and how to run it. `name`: smollm2-135m-instruct | micro | hub id | folder | .gguf file."""
+
+    name: str
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    revision: str | None = None
+    gguf_file: str | None = None
+    batch_size: int = 16
+    vllm: VllmOptions = VllmOptions()
+    openai: OpenAIOptions = OpenAIOptions()
+
+
+class Sampling(Section):
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    n: int = 1
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- training
+class LoraOptions(Section):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Adapt only the last `last_layers` decoder layers (None: all). Backward then stops early,
+    # which on a CPU roughly halves step time; LESS adapts all layers.
+    last_layers: int | None = None
+
+
+class TrainOptions(Section):
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraOptions = LoraOptions()
+    epochs: float = 1.0
+    max_steps: int | None = None
+    learning_rate: float = 2e-4
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 1024
+    # Examples longer than max_seq_len: drop them (default: a truncated response teaches the model
+    # to stop mid-sample), or truncate the response.
+    long_examples: Literal["drop", "truncate"] = "drop"
+    # M: checkpoints saved evenly over training, each with its Adam moments (for influence).
+    num_checkpoints: int = 2
+    seed: int = 0
+    # Passed to TrainingArguments as-is for scale-out (deepspeed config path, fsdp, bf16 ...).
+    extra_args: dict[str, Any] = {}
+    # Run training in a subprocess under this launcher, e.g. "accelerate launch --num_processes 8
+    # --config_file configs/zero2.yaml": the notebook then drives a multi-GPU (or multi-node) job.
+    launcher: str | None = None
+
+
+# ----------------------------------------------------------------------------- stages
+class BenchmarksOptions(Section):
+    folder: str = ".data/benchmarks"
+    # Folders searched to fill `folder` before any download (checksums verified).
+    fill_from: list[str] = ["../shared/benchmarks"]
+    download: bool = True
+
+
+class SourceOptions(Section):
+    kind: Literal["stdlib", "folder", "files", "hf_dataset"]
+    path: str | None = None  # folder, or a .jsonl/.parquet file or glob for kind=files
+    dataset: str | None = None  # hub id for kind=hf_dataset
+    split: str = "train"
+    data_dir: str | None = None
+    column: str = "content"
+    max_files: int | None = None
+
+    @model_validator(mode="after")
+    def _needs_location(self) -> SourceOptions:
+        if self.kind in ("folder", "files") and not self.path:
+            raise ValueError(f"source kind '{self.kind}' needs 'path'")
+        if self.kind == "hf_dataset" and not self.dataset:
+            raise ValueError("source kind 'hf_dataset' needs 'dataset'")
+        return self
+
+
+class ExtractOptions(Section):
+    kinds: list[Literal["function", "method", "class"]] = ["function", "method", "class"]
+    min_lines: int = 3
+    max_lines: int = 40
+    min_chars: int = 60
+    max_chars: int = 2000
+    max_line_length: int = 120
+    # Share of characters that must be ASCII letters, digits, whitespace or punctuation.
+    min_ascii_fraction: float = 0.98
+    min_alpha_fraction: float = 0.35
+    skip_path_patterns: list[str] = [
+        "test",
+        "tests",
+        "testing",
+        "idlelib",
+        "site-packages/pip",
+        "_vendor",
+        "vendored",
+        "lib2to3",
+        "encodings",
+        "__phello__",
+    ]
+    skip_generated_markers: list[str] = ["generated by", "do not edit", "autogenerated", "auto-generated"]
+
+
+class DedupOptions(Section):
+    num_perm: int = 128
+    threshold: float = 0.7
+    shingle_size: int = 5  # tokens per shingle
+    # Snippets with fewer shingles than this are matched exactly on their token sequence only.
+    min_shingles: int = 10
+    # LSH band/row choice: weight of false negatives vs false positives (datasketch default 0.5).
+    recall_weight: float = 0.8
+    seed: int = 1
+
+
+class DecontamOptions(Section):
+    benchmarks: list[Literal["humaneval", "humaneval+", "mbpp+", "bigcodebench"]] = [
+        "humaneval",
+        "humaneval+",
+        "mbpp+",
+        "bigcodebench",
+    ]
+    # Substring stage: normalised benchmark strings at least this long are searched in each snippet.
+    min_substring_chars: int = 40
+    ngram: int = 10
+    # A snippet is contaminated when this share of its n-grams occurs in one benchmark item.
+    ngram_overlap: float = 0.5
+
+
+class PreprocessOptions(Section):
+    sources: list[SourceOptions] = [SourceOptions(kind="stdlib")]
+    extract: ExtractOptions = ExtractOptions()
+    dedup: DedupOptions = DedupOptions()
+    decontam: DecontamOptions = DecontamOptions()
+    max_snippets: int | None = None
+    seed: int = 0
+
+
+class ExecutionOptions(Section):
+    workers: int = 2
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
+
+
+class TeacherOptions(Section):
+    # file: the committed seed set; openai: regenerate/extend it through an OpenAI-compatible endpoint.
+    backend: Literal["file", "openai"] = "file"
+    seed_file: str = "data/seed/seed_v1.jsonl"
+    # GPT-4o list prices (USD per 1M tokens, 2025): they also price the committed seed set in 05's cost table.
+    model: ModelSpec = ModelSpec(
+        name="gpt-4o", backend="openai", openai=OpenAIOptions(price_per_1m_input_usd=2.5, price_per_1m_output_usd=10.0)
+    )
+    sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=1024)
+    n_new: int = 0  # extra snippets to send to the teacher when backend=openai
+
+
+class SeedOptions(Section):
+    teacher: TeacherOptions = TeacherOptions()
+    prompt_version: str = "v1"
+    max_train_samples: int | None = None
+    heldout_compare: int = 30  # held-out snippets on which base and enhanced synthesizers are compared
+    compare_sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
+    train: TrainOptions = TrainOptions()
+
+
+class AspectWeights(Section):
+    # fit: learned from teacher vs base samples; fixed: `fixed`; none: no scoring (ablation)
+    mode: Literal["fit", "fixed", "none"] = "fit"
+    fixed: dict[str, float] = {}
+    bootstrap: int = 200
+    l2: float = 1.0
+
+
+class IterateOptions(Section):
+    iterations: int = 2
+    snippets_per_iteration: int = 64  # K
+    checkpoints: int | None = None  # M; None = all saved checkpoints
+    samples_per_checkpoint: int = 2  # N
+    sampling: Sampling = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=512)
+    scorer: ModelSpec | None = None  # None = the base synthesizer
+    aspects: list[str] = ["clarity", "consistency", "correctness", "relevance", "difficulty"]
+    weights: AspectWeights = AspectWeights()
+    fit_snippets: int = 24  # held-out snippets whose base outputs vs teacher outputs fit the weights
+    # Candidates must reach this verdict to be kept: passed (solution passes its own tests),
+    # parsed (sections found), any (smoke profile: random-init models never parse).
+    min_status: Literal["passed", "parsed", "any"] = "passed"
+    keep_top_fraction: float = 0.5
+
+
+class InfluenceOptions(Section):
+    enabled: bool = True  # false: keep every candidate 03 selected (the "no influence" ablation)
+    projection_dim: int = 8192
+    projection_seed: int = 0
+    aggregate: Literal["mean", "max"] = "mean"
+    max_target_samples: int | None = None  # teacher training samples used as the target set
+    batch_size: int = 4
+    keep_fraction: float = 0.5
+    train_from: Literal["previous", "base"] = "previous"
+    train: TrainOptions = TrainOptions()
+
+
+class ArmOptions(Section):
+    """A student trained on one data source. `run`: the final synthesizer of another run (ablations)."""
+
+    name: str
+    data: Literal["teacher", "base", "enhanced", "method", "run"]
+    run: str | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _run_named(self) -> ArmOptions:
+        if (self.data == "run") != (self.run is not None):
+            raise ValueError("an arm with data 'run' needs 'run' (and only such an arm has one)")
+        return self
+
+
+class FinalOptions(Section):
+    snippets: int = 200
+    sampling: Sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=512)
+    min_status: Literal["passed", "parsed"] = "passed"
+    dedup_threshold: float = 0.7
+    n_train: int | None = None  # samples per student arm (None: the smallest arm's size)
+    student: ModelSpec = ModelSpec(name="smollm2-135m-instruct")
+    train: TrainOptions = TrainOptions()
+    arms: list[ArmOptions] = [ArmOptions(name="scoder", data="method"), ArmOptions(name="teacher_only", data="teacher")]
+
+
+class EvaluateOptions(Section):
+    # chat: EvalPlus's instruction prompt with a response prefix (instruct models); completion: base models
+    prompt_style: Literal["chat", "completion"] = "chat"
+    evaluate_base_student: bool = True
+    benchmarks: list[Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "bigcodebench", "livecodebench"]] = [
+        "humaneval",
+        "humaneval+",
+        "mbpp",
+        "mbpp+",
+    ]
+    max_tasks: int | None = None  # first N tasks of each benchmark (None: all)
+    sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
+    k: list[int] = [1]
+    livecodebench_folder: str | None = None
+
+
+class Config(Section):
+    profile: str
+    description: str = ""
+    inherit: str | None = None  # another profile whose values this one overrides (deep merge)
+    seed: int = 0
+    cache_dir: str = ".cache/scoder"
+    synthesizer: ModelSpec
+    benchmarks: BenchmarksOptions = BenchmarksOptions()
+    preprocess: PreprocessOptions = PreprocessOptions()
+    execution: ExecutionOptions = ExecutionOptions()
+    seed_stage: SeedOptions = SeedOptions()
+    iterate: IterateOptions = IterateOptions()
+    influence: InfluenceOptions = InfluenceOptions()
+    final: FinalOptions = FinalOptions()
+    evaluate: EvaluateOptions = EvaluateOptions()
+
+    def section_hash(self, names: list[str]) -> str:
+        """Hash of the named top-level sections: what a stage's outputs depend on."""
+        data = {n: self.model_dump(mode="json")[n] for n in sorted(names)}
+        return fingerprint(data)
+
+    def resolve(self, path: str) -> Path:
+        """A params path, relative paths taken from the repository root."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p

@@ -1,0 +1,47 @@
+"""Multi-checkpoint sampling: N synthesis samples from each of M checkpoints for K snippets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scoder_lib.core.config import Config
+from scoder_lib.core.records import Candidate
+from scoder_lib.data.pool import snippet_key
+from scoder_lib.llm.generator import generator
+from scoder_lib.method.synthesis import status_at_least, synthesize
+
+
+def sample(
+    cfg: Config, checkpoints: list[str], snippets: list[str], iteration: int, cache_dir: Path
+) -> list[Candidate]:
+    """K x M x N candidates (snippet, checkpoint, sample index, verdict, raw text, eligibility)."""
+    opts = cfg.iterate
+    sampling = opts.sampling.model_copy(update={"n": opts.samples_per_checkpoint})
+    out: list[Candidate] = []
+    for m, ckpt in enumerate(checkpoints):
+        gen = generator(cfg.synthesizer, cache_dir, model_path=ckpt)
+        rows = synthesize(
+            gen,
+            snippets,
+            sampling,
+            version=cfg.seed_stage.prompt_version,
+            execution=cfg.execution,
+            desc=f"checkpoint {m + 1}/{len(checkpoints)}",
+            seed_offset=100_000 * iteration,
+            cache_dir=cache_dir,
+        )
+        for k, (snip, samples) in enumerate(zip(snippets, rows)):
+            for j, s in enumerate(samples):
+                out.append(
+                    Candidate(
+                        **s.to_json(),
+                        cand_id=f"t{iteration}-k{k}-m{m}-n{j}",
+                        snippet_key=snippet_key(snip),
+                        snippet=snip,
+                        checkpoint=m,
+                        checkpoint_path=ckpt,
+                        sample=j,
+                        eligible=status_at_least(s.status, opts.min_status),
+                    )
+                )
+    return out

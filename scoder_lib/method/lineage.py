@@ -1,0 +1,70 @@
+"""Which synthesizer each stage trained, which one the next starts from, and which snippets were used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from scoder_lib.core.io import read_json, read_jsonl, write_json
+from scoder_lib.core.logs import get_logger
+from scoder_lib.core.records import Record
+from scoder_lib.core.run import Run
+from scoder_lib.method.train import TrainResult
+
+SYNTH = "synthesizer.json"
+USED = "snippets_used.jsonl"
+log = get_logger(__name__)
+
+
+@dataclass
+class Synthesizer(Record):
+    """A trained synthesizer: its M checkpoints (oldest first), the final one, and how it came to be."""
+
+    checkpoints: list[str]
+    final: str
+    steps: int
+    note: str
+
+    def sampling_checkpoints(self, m: int | None) -> list[str]:
+        """The checkpoints multi-checkpoint sampling uses: the last M (None: all)."""
+        return self.checkpoints[-(m or len(self.checkpoints)) :]
+
+
+def save_synthesizer(folder: Path, result: TrainResult, note: str) -> Synthesizer:
+    """Record a trained synthesizer in `folder/synthesizer.json`."""
+    synth = Synthesizer([str(p) for p in result.checkpoints], str(result.final), result.steps, note)
+    write_json(folder / SYNTH, synth.to_json())
+    return synth
+
+
+def carry_over(folder: Path, previous: Synthesizer, iteration: int) -> Synthesizer:
+    """Nothing survived an iteration's filters: synthesizer t is synthesizer t-1, loudly recorded."""
+    log.warning("no candidate survived: synthesizer %d = synthesizer %d", iteration, iteration - 1)
+    synth = replace(previous, note=f"iteration {iteration}: carried over (no samples)")
+    write_json(folder / SYNTH, synth.to_json())
+    return synth
+
+
+def load_synthesizer(folder: Path) -> Synthesizer:
+    return Synthesizer.from_json(read_json(folder / SYNTH))
+
+
+def synthesizer_before(run: Run, iteration: int) -> Synthesizer:
+    """The synthesizer iteration t starts from: 02's enhanced one for t=1, else iteration t-1's."""
+    return load_synthesizer(
+        run.stage_dir("02_seed") if iteration <= 1 else run.stage_dir("04_influence", iteration - 1)
+    )
+
+
+def snippets_used_before(run: Run, iteration: int) -> set[str]:
+    """Snippet keys consumed by iterations 1..t-1 (each iteration draws fresh ones)."""
+    keys: set[str] = set()
+    for t in range(1, iteration):
+        path = run.stage_dir("03_sample_score", t) / USED
+        keys |= {r["key"] for r in read_jsonl(path)}
+    return keys
+
+
+def final_synthesizer(run: Run) -> Synthesizer:
+    """The synthesizer a run ends with (after its last iteration); used by ablation arms."""
+    return synthesizer_before(run, run.cfg.iterate.iterations + 1)

@@ -1,0 +1,153 @@
+"""The study report's data: read only the stages' metrics.json files and saved artifacts."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from scoder_lib.core.io import read_json
+from scoder_lib.core.run import Run
+from scoder_lib.evaluation import anchors
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasketch", "papermill", "vllm", "openai")
+
+
+def stage_walls(run: Run) -> pd.DataFrame:
+    rows = []
+    for ref in run.instances:
+        marker = run.marker(ref)
+        rows.append(
+            {
+                "stage": ref.id,
+                "done": marker.exists(),
+                "wall_s": run.wall_s(ref),
+                "finished_at": read_json(marker).get("finished_at") if marker.exists() else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_facts(run: Run) -> dict[str, Any]:
+    cfg = run.cfg
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            versions[p] = "-"
+    try:
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only"
+    except ImportError:
+        device = "?"
+    return {
+        "run": run.name,
+        "profile": cfg.profile,
+        "description": cfg.description,
+        "seed": cfg.seed,
+        "synthesizer": cfg.synthesizer.name,
+        "scorer": (run.cfg.iterate.scorer or cfg.synthesizer).name,
+        "student": cfg.final.student.name,
+        "iterations": run.cfg.iterate.iterations,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {device}",
+        **{f"pkg {k}": v for k, v in versions.items()},
+    }
+
+
+def funnel(run: Run) -> list[tuple[str, int]]:
+    """From the pool to the final instruction set, one step per filter, across stages."""
+    steps = [("pool snippets", int(run.metrics("01_preprocess").get("pool_size", 0)))]
+    for t in range(1, run.cfg.iterate.iterations + 1):
+        m3, m4 = run.metrics("03_sample_score", t), run.metrics("04_influence", t)
+        steps += [
+            (f"iter {t}: candidates", int(m3.get("candidates", 0))),
+            (f"iter {t}: eligible", int(m3.get("eligible", 0))),
+            (f"iter {t}: score-selected", int(m3.get("selected", 0))),
+            (f"iter {t}: influence-kept", int(m4.get("kept", 0))),
+        ]
+    m5 = run.metrics("05_final")
+    method = next((a.name for a in run.cfg.final.arms if a.data == "method"), None)
+    steps += [("final: snippets synthesized", int(m5.get("final_snippets", 0)))]
+    if method:
+        steps += [(f"final: {method} dataset", int(m5.get(f"{method}_dataset_size", 0)))]
+    return steps
+
+
+def iteration_curves(run: Run) -> pd.DataFrame:
+    """Per synthesizer (0 = enhanced, t = after iteration t): held-out valid rate, scores, influence."""
+    m2 = run.metrics("02_seed")
+    rows = [
+        {
+            "synthesizer": 0,
+            "heldout_valid_rate": m2.get("enhanced_valid_rate"),
+            "ci_low": m2.get("enhanced_valid_ci_low"),
+            "ci_high": m2.get("enhanced_valid_ci_high"),
+            "heldout_parsed_rate": m2.get("enhanced_parsed_rate"),
+        }
+    ]
+    for t in range(1, run.cfg.iterate.iterations + 1):
+        m3, m4 = run.metrics("03_sample_score", t), run.metrics("04_influence", t)
+        rows.append(
+            {
+                "synthesizer": t,
+                "heldout_valid_rate": m4.get("heldout_valid_rate"),
+                "ci_low": m4.get("heldout_valid_ci_low"),
+                "ci_high": m4.get("heldout_valid_ci_high"),
+                "heldout_parsed_rate": m4.get("heldout_parsed_rate"),
+                "candidate_valid_rate": m3.get("valid_rate"),
+                "mean_score_eligible": m3.get("mean_score_eligible"),
+                **{f"mean_{a}": m3.get(f"mean_{a}") for a in run.cfg.iterate.aspects},
+                "influence_mean": m4.get("influence_mean"),
+                "influence_std": m4.get("influence_std"),
+                "survival": (m4.get("kept", 0) / m3["candidates"]) if m3.get("candidates") else None,
+            }
+        )
+    df = pd.DataFrame(rows).set_index("synthesizer")
+    return df.apply(pd.to_numeric, errors="coerce")
+
+
+def evaluation(run: Run) -> pd.DataFrame:
+    path = run.stage_dir("06_evaluate") / "table.csv"
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def deltas(table: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """pass@1 of every model minus the reference model's, per benchmark (percentage points)."""
+    if table.empty or reference not in set(table.model):
+        return pd.DataFrame()
+    wide = table.pivot(index="model", columns="benchmark", values="pass@1") * 100
+    return (wide - wide.loc[reference]).drop(index=reference).round(2)
+
+
+def costs(run: Run) -> pd.DataFrame:
+    path = run.stage_dir("05_final") / "costs.json"
+    return pd.DataFrame(read_json(path)["rows"]).set_index("item") if path.exists() else pd.DataFrame()
+
+
+def summary_html(facts: dict[str, Any], table: pd.DataFrame, curves: pd.DataFrame, walls: pd.DataFrame) -> str:
+    """The block that opens the index page: run facts, the evaluation table, the iteration curve."""
+    total = pd.to_numeric(walls.wall_s, errors="coerce").sum()
+    parts = [
+        f"<h2>Study summary</h2><p>Profile <b>{facts['profile']}</b>: {facts['description']}<br>"
+        f"synthesizer {facts['synthesizer']}, student {facts['student']}, {facts['iterations']} iteration(s); "
+        f"stages took {total / 60:.1f} min on {facts['machine']}.</p>"
+    ]
+    if not table.empty:
+        wide = (table.pivot(index="model", columns="benchmark", values="pass@1") * 100).round(1)
+        parts.append("<h3>Greedy pass@1 (%)</h3>" + wide.to_html())
+        parts.append(f"<p><i>Reference ({anchors.OTHER_SCALE}): {anchors.sentence()}.</i></p>")
+    if not curves.empty:
+        # parsed rate too: on small synthesizers it moves long before the valid rate leaves zero
+        cols = [c for c in ("heldout_valid_rate", "ci_low", "ci_high", "heldout_parsed_rate") if c in curves]
+        parts.append("<h3>Held-out synthesis per synthesizer (0 = enhanced)</h3>" + curves[cols].round(3).to_html())
+    return "".join(parts)
+
+
+def summary_path(run: Run) -> Path:
+    return run.stage_dir("07_report") / "summary.html"
