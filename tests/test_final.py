@@ -37,7 +37,11 @@ def test_instruction_set_catches_a_planted_humaneval_problem(humaneval_dc):
     failing = _sample("Return the answer to everything as a string of digits.", "def f():\n    return 41\n", "failed")
     dup = _sample(clean[0].problem, clean[0].solution)
     out = instructions.build(
-        "arm", clean + [planted, failing, dup], ["snip"] * 8, min_status="passed", dedup_threshold=0.7, dc=humaneval_dc
+        "arm",
+        instructions.from_samples(clean + [planted, failing, dup], ["snip"] * 8),
+        min_status="passed",
+        dedup_threshold=0.7,
+        dc=humaneval_dc,
     )
     assert len(out.rows) == 5 and all(r.problem != he.prompt for r in out.rows)
     reasons = sorted(r["reason"].split(":")[0] for r in out.rejects)
@@ -45,16 +49,21 @@ def test_instruction_set_catches_a_planted_humaneval_problem(humaneval_dc):
     assert [n for _, n in out.funnel] == [8, 7, 6, 5]
 
 
-def test_arms_get_equal_sample_counts():
+def test_equalized_arms_get_equal_sample_counts():
     sets = [
         instructions.InstructionSet(name, [InstructionSample(str(i), "s", "t", "f", "passed", "x") for i in range(n)])
         for name, n in [("scoder", 7), ("teacher", 30), ("base", 4), ("empty", 0)]
     ]
-    size, out = instructions.equalize(sets, None, seed=0)
-    assert size == 4 and [len(s.rows) for s in out] == [4, 4, 4, 0]
-    size, out = instructions.equalize(sets, 3, seed=0)
-    assert size == 3 and {len(s.rows) for s in out if s.rows} == {3}
-    again = instructions.equalize(sets, 3, seed=0)[1]
+    asked = dict.fromkeys(["scoder", "teacher", "base", "empty"])
+    out, sizes = instructions.size_arms(sets, asked, equalize=True, tolerance=0.0, seed=0)
+    assert [len(s.rows) for s in out] == [0, 0, 0, 0]  # an empty arm empties an equalized comparison
+    out, _ = instructions.size_arms(
+        sets[:3], dict.fromkeys(["scoder", "teacher", "base"]), equalize=True, tolerance=0.0, seed=0
+    )
+    assert [len(s.rows) for s in out] == [4, 4, 4]
+    again, _ = instructions.size_arms(
+        sets[:3], dict.fromkeys(["scoder", "teacher", "base"]), equalize=True, tolerance=0.0, seed=0
+    )
     assert [s.rows for s in again] == [s.rows for s in out]  # seeded
 
 

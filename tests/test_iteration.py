@@ -11,7 +11,7 @@ from scoder_lib.core.params import load_config
 from scoder_lib.core.records import Candidate
 from scoder_lib.core.run import Run
 from scoder_lib.data.pool import allocate, snippet_key
-from scoder_lib.method import candidates, lineage, scoring, seed, selection
+from scoder_lib.method import candidates, lineage, scoring, seed, selection, weights
 from scoder_lib.method.rating import make_rater
 
 POOL = [{"id": str(i), "text": f"def f{i}(x):\n    return x + {i}\n"} for i in range(40)]
@@ -72,7 +72,7 @@ def test_weight_fitting_recovers_known_weights():
     x = rng.uniform(0, 9, size=(4000, 5))
     logits = 3.0 * (x @ true - 4.5)
     y = (rng.uniform(size=4000) < 1 / (1 + np.exp(-logits))).astype(float)
-    w = scoring.fit_weights(x, y, l2=0.1, steps=6000, lr=0.2)
+    w = weights.fit_weights(x, y, l2=0.1, steps=6000, lr=0.2)
     assert np.allclose(w, true, atol=0.05), w
     assert w.min() >= 0 and np.isclose(w.sum(), 1.0)
 
@@ -81,13 +81,13 @@ def test_bootstrap_intervals_cover_the_estimate():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 9, size=(300, 3))
     y = (x[:, 0] + rng.normal(0, 1, 300) > 4.5).astype(float)
-    w, lo, hi = scoring.bootstrap_weights(x, y, n_boot=30, l2=1.0)
+    w, lo, hi = weights.bootstrap_weights(x, y, n_boot=30, l2=1.0)
     assert (lo <= w + 1e-9).all() and (w <= hi + 1e-9).all() and w[0] > 0.6
 
 
 def test_separation_auc():
-    assert scoring.separation_auc(np.array([3.0, 4.0, 1.0, 2.0]), np.array([1, 1, 0, 0])) == 1.0
-    assert scoring.separation_auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
+    assert weights.separation_auc(np.array([3.0, 4.0, 1.0, 2.0]), np.array([1, 1, 0, 0])) == 1.0
+    assert weights.separation_auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
 
 
 def _cand(key: str, score: float | None, eligible: bool = True) -> Candidate:
@@ -117,9 +117,9 @@ def test_aspect_weights_fit_or_fixed():
     teacher, base = rng.normal(6, 1, size=(60, 2)), rng.normal(4, 1, size=(60, 2))
     teacher[:, 1] = base[:, 1] = rng.normal(5, 1, size=60)  # aspect 2 carries no signal
     opts = load_config("tiny").iterate.weights.model_copy(update={"bootstrap": 20})
-    fit = scoring.fit_aspect_weights(teacher, base, ["a", "b"], opts, seed=0)
+    fit = weights.fit_aspect_weights(teacher, base, ["a", "b"], opts, seed=0)
     assert fit.weights[0] > 0.8 and fit.auc > 0.85 and fit.auc > fit.auc_equal
-    fixed = scoring.fit_aspect_weights(
+    fixed = weights.fit_aspect_weights(
         teacher, base, ["a", "b"], opts.model_copy(update={"mode": "fixed", "fixed": {"a": 1.0, "b": 3.0}}), seed=0
     )
     assert np.allclose(fixed.weights, [0.25, 0.75]) and (fixed.low == fixed.weights).all()
@@ -135,13 +135,12 @@ def test_scores_apply_to_eligible_candidates_only():
     assert [c.score for c in cands] == [0.0, None, 0.0]
 
 
-def test_influence_keeps_the_top_fraction_or_everything_when_off():
+def test_influence_keeps_the_top_fraction():
     cands = [_cand(k, 1.0) for k in "abcd"]
     scores = np.array([0.1, 0.9, 0.5, 0.9])
-    kept = selection.keep_by_influence(cands, scores, keep_fraction=0.5, enabled=True)
+    kept = selection.keep(cands, scores, keep_fraction=0.5, select="influence", seed=0)
     assert [c.snippet_key for c in kept] == ["b", "d"] and kept[0].influence == 0.9  # stable on ties
-    assert selection.keep_count(4, 0.1, True) == 1 and selection.keep_count(0, 0.5, True) == 0
-    assert len(selection.keep_by_influence(cands, np.zeros(4), 0.5, enabled=False)) == 4
+    assert selection.keep_count(4, 0.1) == 1 and selection.keep_count(0, 0.5) == 0
 
 
 def test_nothing_survives_carries_the_previous_synthesizer(tmp_path):

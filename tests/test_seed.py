@@ -10,35 +10,58 @@ import pytest
 
 from scoder_lib.core.config import REPO_ROOT, ExecutionOptions, ModelSpec, OpenAIOptions, Sampling
 from scoder_lib.core.params import load_config
+from scoder_lib.core.records import SeedSample
 from scoder_lib.data.decontam import build
 from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult
 from scoder_lib.llm.generator import Generator, make_backend
+from scoder_lib.llm.models import load
 from scoder_lib.llm.openai_server import OpenAIServer
-from scoder_lib.method import seed, synthesis
+from scoder_lib.method import seed, synthesis, teacher
 
 SEED_FILE = REPO_ROOT / "data" / "seed" / "seed_v1.jsonl"
+COMPACT_FILE = REPO_ROOT / "data" / "seed" / "seed_compact_v2.jsonl"
+# (file, prompt version, at least: samples, held out; asserts per sample; longest solution in lines)
+SETS = {"v1": (SEED_FILE, "v1", 150, 30, (3, 99), 999), "compact": (COMPACT_FILE, "v2", 400, 80, (3, 5), 15)}
+
+
+@pytest.fixture(scope="module", params=sorted(SETS))
+def seeds(request):
+    return request.param, seed.load(SETS[request.param][0])
 
 
 @pytest.fixture(scope="module")
-def seeds():
+def seeds_v1():
     return seed.load(SEED_FILE)
 
 
 def test_seed_set_shape(seeds):
-    assert len(seeds.rows) >= 150 and len(seeds.heldout) >= 30
-    assert len({r.snippet for r in seeds.rows}) == len(seeds.rows)  # each from a distinct snippet
-    for r in seeds.rows:
+    name, s = seeds
+    _, version, n_min, held_min, (lo, hi), max_lines = SETS[name]
+    assert len(s.rows) >= n_min and len(s.heldout) >= held_min
+    assert len({r.snippet for r in s.rows}) == len(s.rows)  # each from a distinct snippet
+    if name == "compact":  # v1 has four twin pairs (kept on one side of the split, see PROVENANCE.md)
+        assert len({r.entry_point for r in s.rows}) == len(s.rows)
+    for r in s.rows:
         asserts = sum(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(r.tests)))
-        assert asserts >= 3, r.id
-        assert r.prompt_version == "v1" and f"def {r.entry_point}(" in r.solution
+        assert lo <= asserts <= hi, r.id
+        assert r.prompt_version == version and f"def {r.entry_point}(" in r.solution
+        assert sum(1 for line in r.solution.splitlines() if line.strip()) <= max_lines, r.id
     assert (REPO_ROOT / "data" / "seed" / "PROVENANCE.md").exists()
 
 
+def test_compact_responses_are_short_for_a_small_synthesizer(micro_ref):
+    """Median response at most 250 SmolLM2 tokens (the micro model shares SmolLM2's tokenizer)."""
+    _, tok = load(micro_ref)
+    lengths = sorted(len(tok(seed.response(r))["input_ids"]) for r in seed.load(COMPACT_FILE).rows)
+    assert lengths[len(lengths) // 2] <= 250 and lengths[-1] <= 400
+
+
 def test_every_seed_sample_passes_its_tests_in_the_sandbox(seeds):
+    _, rows = seeds
     samples = synthesis.verify(
-        [seed.as_sample(r) for r in seeds.rows], workers=2, timeout_s=10, memory_mb=1024, isolation="auto"
+        [seed.as_sample(r) for r in rows.rows], workers=2, timeout_s=10, memory_mb=1024, isolation="auto"
     )
-    failed = [(r.id, s.reason) for r, s in zip(seeds.rows, samples) if s.status != "passed"]
+    failed = [(r.id, s.reason) for r, s in zip(rows.rows, samples) if s.status != "passed"]
     assert not failed
 
 
@@ -53,7 +76,7 @@ def test_no_seed_sample_is_contaminated(seeds, bench_folder):
         }
     )
     dc = build(cfg)
-    hits = [(r.id, dc.check(r.problem + "\n" + r.solution)) for r in seeds.rows]
+    hits = [(r.id, dc.check(r.problem + "\n" + r.solution)) for r in seeds[1].rows]
     assert not [h for h in hits if h[1]]
 
 
@@ -66,7 +89,7 @@ def test_malformed_seed_file_names_line_and_field(tmp_path):
 
 # ----------------------------------------------------------------------------- the output format
 def test_parse_round_trips_a_teacher_sample(seeds):
-    row = seeds.train[0]
+    row = seeds[1].train[0]
     s = synthesis.parse(seed.response(row))
     assert (s.problem, s.solution.strip(), s.tests.strip()) == (row.problem, row.solution.strip(), row.tests.strip())
     assert s.entry_point == row.entry_point and s.status == "failed" and s.reason == "not_executed"
@@ -131,8 +154,8 @@ class _ScriptedTeacher(Backend):
         return out
 
 
-def test_openai_teacher_over_http_with_cost_accounting(seeds, tmp_path, monkeypatch):
-    rows = seeds.train[:3]
+def test_openai_teacher_over_http_with_cost_accounting(seeds_v1, tmp_path, monkeypatch):
+    rows = seeds_v1.train[:3]
     answers = {r.snippet: seed.response(r) for r in rows[:2]}  # the third snippet gets a useless answer
     monkeypatch.setenv("TEACHER_KEY", "sk-test-not-a-real-key")
     with OpenAIServer(_ScriptedTeacher(answers), model_name="gpt-teacher") as server:
@@ -157,7 +180,7 @@ def test_openai_teacher_over_http_with_cost_accounting(seeds, tmp_path, monkeypa
             }
         )
         gen = Generator(make_backend(spec, tmp_path), tmp_path)
-        new = seed.extend_with_teacher(cfg, gen, [r.snippet for r in rows], tmp_path)
+        new = teacher.extend_with_teacher(cfg, gen, [r.snippet for r in rows], tmp_path)
         totals = gen.backend.totals
     assert [n.problem for n in new] == [r.problem for r in rows[:2]]
     expected_usd = (totals["prompt_tokens"] * 2.5 + totals["completion_tokens"] * 10.0) / 1e6
@@ -165,3 +188,35 @@ def test_openai_teacher_over_http_with_cost_accounting(seeds, tmp_path, monkeypa
     answered = sum(len(seed.response(r).split()) for r in rows[:2]) + len(["no", "idea"])
     assert totals["completion_tokens"] == answered
     assert os.environ["TEACHER_KEY"] not in json.dumps([n.to_json() for n in new])
+
+
+def test_heldout_split_shares_no_source_file_or_entry_point_with_training(seeds):
+    _, s = seeds
+    assert s.heldout and not seed.leaks(s)
+    files = {seed.source_file(r) for r in s.heldout}
+    assert not files & {seed.source_file(r) for r in s.train}
+
+
+def test_split_by_source_holds_out_whole_files_and_twins():
+    rows = [
+        SeedSample(
+            f"s{i}",
+            "train",
+            "x",
+            "p",
+            "s",
+            "t",
+            "twin" if i in (0, 29) else f"f{i}",
+            "v1",
+            snippet_source=f"stdlib:m{i // 3}.py:{i}",
+        )
+        for i in range(30)
+    ]
+    split = seed.split_by_source(rows, n_heldout=8, seed=0)
+    assert sum(v == "heldout" for v in split.values()) >= 8
+    assert split["s0"] == split["s29"]  # twins in different files stay together
+    assert all(
+        len({split[r.id] for r in rows if r.snippet_source.startswith(f"stdlib:m{k}.py")}) == 1 for k in range(10)
+    )
+    fixed = seed.SeedSet([SeedSample(**{**r.to_json(), "split": split[r.id]}) for r in rows])
+    assert not seed.leaks(fixed)

@@ -167,7 +167,8 @@ class DedupOptions(Section):
 
 
 class DecontamOptions(Section):
-    benchmarks: list[Literal["humaneval", "humaneval+", "mbpp+", "bigcodebench"]] = [
+    # livecodebench: only where its release files are configured (evaluate.livecodebench_folder)
+    benchmarks: list[Literal["humaneval", "humaneval+", "mbpp+", "bigcodebench", "livecodebench"]] = [
         "humaneval",
         "humaneval+",
         "mbpp+",
@@ -196,8 +197,28 @@ class ExecutionOptions(Section):
     isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
 
 
+class TeacherDataset(Section):
+    """A ready-made teacher-written instruction set (e.g. an OSS-Instruct-style 75K set) for the teacher arm.
+
+    One of `path` (a .jsonl or .parquet file) or `dataset` (a `datasets` hub id, for users who have it).
+    Its rows have no tests: they are deduplicated and decontaminated, never executed.
+    """
+
+    path: str | None = None
+    dataset: str | None = None
+    split: str = "train"
+    problem_field: str = "problem"
+    solution_field: str = "solution"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherDataset:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("a teacher dataset needs exactly one of 'path' or 'dataset'")
+        return self
+
+
 class TeacherOptions(Section):
-    # file: the committed seed set; openai: regenerate/extend it through an OpenAI-compatible endpoint.
+    # file: the committed seed set; openai: extend it through an OpenAI-compatible endpoint (n_new samples).
     backend: Literal["file", "openai"] = "file"
     seed_file: str = "data/seed/seed_v1.jsonl"
     # GPT-4o list prices (USD per 1M tokens, 2025): they also price the committed seed set in 05's cost table.
@@ -206,23 +227,31 @@ class TeacherOptions(Section):
     )
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=1024)
     n_new: int = 0  # extra snippets to send to the teacher when backend=openai
+    dataset: TeacherDataset | None = None  # more teacher data, for the teacher arm only
 
 
 class SeedOptions(Section):
     teacher: TeacherOptions = TeacherOptions()
     prompt_version: str = "v1"
     max_train_samples: int | None = None
-    heldout_compare: int = 30  # held-out snippets on which base and enhanced synthesizers are compared
+    # The held-out yardstick: this many held-out snippets, `compare_sampling.n` samples each, for every
+    # synthesizer (base, enhanced, each iteration's, the controls).
+    heldout_compare: int = 30
     compare_sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
     train: TrainOptions = TrainOptions()
 
 
 class AspectWeights(Section):
-    # fit: learned from teacher vs base samples; fixed: `fixed`; none: no scoring (ablation)
+    # fit: learned from teacher vs base samples; fixed: `fixed`; none: no scoring (the ablation: a seeded
+    # random eligible candidate per snippet, then the same keep fraction)
     mode: Literal["fit", "fixed", "none"] = "fit"
     fixed: dict[str, float] = {}
     bootstrap: int = 200
     l2: float = 1.0
+    steps: int = 3000  # gradient steps of each fit (the point estimate and every bootstrap refit)
+    # Aspects whose ratings vary less than this (standard deviation, 0-9 scale) carry no signal: weight 0.
+    min_sd: float = 0.05
+    cv_folds: int = 5  # the out-of-sample AUC beside the in-sample one
 
 
 class IterateOptions(Section):
@@ -234,7 +263,7 @@ class IterateOptions(Section):
     scorer: ModelSpec | None = None  # None = the base synthesizer
     aspects: list[str] = ["clarity", "consistency", "correctness", "relevance", "difficulty"]
     weights: AspectWeights = AspectWeights()
-    fit_snippets: int = 24  # held-out snippets whose base outputs vs teacher outputs fit the weights
+    fit_snippets: int = 24  # teacher training samples whose snippets the base synthesizer answers for the fit
     # Candidates must reach this verdict to be kept: passed (solution passes its own tests),
     # parsed (sections found), any (smoke profile: random-init models never parse).
     min_status: Literal["passed", "parsed", "any"] = "passed"
@@ -242,7 +271,9 @@ class IterateOptions(Section):
 
 
 class InfluenceOptions(Section):
-    enabled: bool = True  # false: keep every candidate 03 selected (the "no influence" ablation)
+    # influence: keep the most influential; random / score: the ablations, the same count kept at random
+    # (seeded) or by aspect score alone.
+    select: Literal["influence", "random", "score"] = "influence"
     projection_dim: int = 8192
     projection_seed: int = 0
     aggregate: Literal["mean", "max"] = "mean"
@@ -250,6 +281,12 @@ class InfluenceOptions(Section):
     batch_size: int = 4
     keep_fraction: float = 0.5
     train_from: Literal["previous", "base"] = "previous"
+    # What synthesizer t trains on: this iteration's kept samples; plus the teacher's training samples;
+    # or every iteration's kept samples so far.
+    train_data: Literal["kept", "kept+seed", "accumulated"] = "kept"
+    # Iterations whose next synthesizer also gets a same-size control: trained identically on a seeded
+    # random selection of the same number of eligible candidates, measured on the same yardstick.
+    control: list[int] = []
     train: TrainOptions = TrainOptions()
 
 
@@ -258,13 +295,15 @@ class ArmOptions(Section):
 
     name: str
     data: Literal["teacher", "base", "enhanced", "method", "run"]
-    run: str | None = None
+    run: str | None = None  # data 'run': the run whose final synthesizer feeds this arm ...
+    profile: str | None = None  # ... and the profile that run is made with (an ablation's params)
+    n: int | None = None  # samples asked for this arm (None: final.n_train)
     enabled: bool = True
 
     @model_validator(mode="after")
     def _run_named(self) -> ArmOptions:
-        if (self.data == "run") != (self.run is not None):
-            raise ValueError("an arm with data 'run' needs 'run' (and only such an arm has one)")
+        if (self.data == "run") != (self.run is not None) or (self.data == "run") != (self.profile is not None):
+            raise ValueError("an arm with data 'run' needs 'run' and 'profile' (and only such an arm has them)")
         return self
 
 
@@ -273,7 +312,14 @@ class FinalOptions(Section):
     sampling: Sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=512)
     min_status: Literal["passed", "parsed"] = "passed"
     dedup_threshold: float = 0.7
-    n_train: int | None = None  # samples per student arm (None: the smallest arm's size)
+    n_train: int | None = None  # samples per arm unless the arm says `n` (None: all it has)
+    # Cut every arm to the smallest one (off: each arm keeps its asked size, as the paper compares 60K to 75K).
+    equalize: bool = False
+    # Share of an arm's asked size that may be missing before stage 05 stops with a shortfall error.
+    shortfall_tolerance: float = 0.0
+    # evalplus: students train on EvalPlus's instruction prompt and response prefix, the format they are
+    # evaluated with; system: a system prompt + the bare problem (evaluation keeps evaluate.prompt_style).
+    student_format: Literal["evalplus", "system"] = "evalplus"
     student: ModelSpec = ModelSpec(name="smollm2-135m-instruct")
     train: TrainOptions = TrainOptions()
     arms: list[ArmOptions] = [ArmOptions(name="scoder", data="method"), ArmOptions(name="teacher_only", data="teacher")]
@@ -289,7 +335,12 @@ class EvaluateOptions(Section):
         "mbpp",
         "mbpp+",
     ]
-    max_tasks: int | None = None  # first N tasks of each benchmark (None: all)
+    max_tasks: int | None = None  # first N tasks of each benchmark (None: all; for smoke tests)
+    # A seeded random sample of N tasks for the named benchmarks (e.g. {mbpp: 100}); others: all tasks.
+    task_sample: dict[str, int] = {}
+    # The in-distribution yardstick: students answer the held-out teacher problems, judged by the
+    # teacher's own asserts.
+    heldout_problems: bool = False
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
     k: list[int] = [1]
     livecodebench_folder: str | None = None

@@ -86,6 +86,7 @@ class HeldoutSample(Sample):
     """A synthesizer's output on one held-out seed snippet (the yardstick files)."""
 
     seed_id: str = ""
+    sample: int = 0  # which of the snippet's samples
 
 
 @dataclass

@@ -33,3 +33,58 @@ def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple
     rng = np.random.default_rng(seed)
     boots = rng.choice(x, size=(n_boot, len(x)), replace=True).mean(axis=1)
     return float(x.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: a binomial test on the discordant pairs (1.0 when there are none)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_delta(
+    a: Sequence[bool], b: Sequence[bool], clusters: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Rate of `b` minus rate of `a` on the same items, with a paired bootstrap 95% interval and McNemar's p.
+
+    Items are resampled by cluster (e.g. a snippet's several samples move together), so correlated
+    samples do not narrow the interval. The p-value treats items as independent pairs.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired_delta needs the same items on both sides: {x.shape} vs {y.shape}")
+    n = len(x)
+    if n == 0:
+        return {
+            "n": 0,
+            "rate_a": float("nan"),
+            "rate_b": float("nan"),
+            "delta": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "p_value": 1.0,
+            "only_a": 0,
+            "only_b": 0,
+        }
+    keys = list(clusters) if clusters is not None else list(range(n))
+    groups = [np.flatnonzero(np.asarray([k == g for k in keys])) for g in dict.fromkeys(keys)]
+    diff_sum = np.array([(y[idx] - x[idx]).sum() for idx in groups])
+    size = np.array([len(idx) for idx in groups])
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(groups), size=(n_boot, len(groups)))
+    boots = diff_sum[pick].sum(1) / size[pick].sum(1)
+    only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    return {
+        "n": n,
+        "rate_a": float(x.mean()),
+        "rate_b": float(y.mean()),
+        "delta": float(y.mean() - x.mean()),
+        "ci_low": float(np.percentile(boots, 2.5)),
+        "ci_high": float(np.percentile(boots, 97.5)),
+        "p_value": mcnemar_p(only_a, only_b),
+        "only_a": only_a,
+        "only_b": only_b,
+    }

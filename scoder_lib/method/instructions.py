@@ -15,10 +15,9 @@ from scoder_lib.core.io import atomic_path, write_text
 from scoder_lib.core.records import InstructionSample, Sample
 from scoder_lib.data.decontam import Decontaminator
 from scoder_lib.data.dedup import exact_dedup, near_dedup
+from scoder_lib.llm import student_format
 from scoder_lib.method.synthesis import status_at_least
 from scoder_lib.method.train import Example
-
-STUDENT_SYSTEM = "You are an expert Python programmer. Answer with a correct, self-contained solution."
 
 
 @dataclass
@@ -29,30 +28,47 @@ class InstructionSet:
     rejects: list[dict[str, Any]] = field(default_factory=list)  # rows with the reason they were dropped
 
 
-def student_example(problem: str, solution: str) -> Example:
-    """The documented student format: the problem as the user turn, the solution in a fenced block."""
-    return Example.of(
-        [{"role": "system", "content": STUDENT_SYSTEM}, {"role": "user", "content": problem.strip()}],
-        f"```python\n{solution.strip()}\n```",
+def student_example(problem: str, solution: str, fmt: str = "evalplus") -> Example:
+    """A student's training example in the documented format (`llm.student_format`)."""
+    return Example.of(student_format.messages(problem, fmt), student_format.response(solution, fmt))
+
+
+def format_note(fmt: str) -> str:
+    """One line for model cards and reports: how the student was prompted in training and evaluation."""
+    if fmt == "evalplus":
+        return (
+            f'user = "{student_format.INSTRUCTION_PREFIX}" + the problem in a fence; assistant = '
+            f'"{student_format.RESPONSE_PREFIX}" + the solution in a ```python block (EvalPlus\'s prompt)'
+        )
+    return (
+        f'system "{student_format.STUDENT_SYSTEM}", user = the problem, assistant = the solution in a ```python block'
     )
+
+
+def from_samples(samples: list[Sample], snippets: list[str]) -> list[InstructionSample]:
+    """Synthesized samples (with their verdicts) as instruction rows, each with the snippet behind it."""
+    return [
+        InstructionSample(s.problem, s.solution, s.tests, s.entry_point, s.status, snip)
+        for s, snip in zip(samples, snippets)
+    ]
 
 
 def build(
     name: str,
-    samples: list[Sample],
-    snippets: list[str],
+    rows: list[InstructionSample],
     *,
     min_status: str,
     dedup_threshold: float,
     dc: Decontaminator,
 ) -> InstructionSet:
     """Verdict filter -> exact and near dedup of the problems -> decontamination of problem + solution."""
-    rows = [
-        InstructionSample(s.problem, s.solution, s.tests, s.entry_point, s.status, snip)
-        for s, snip in zip(samples, snippets)
-    ]
     out = InstructionSet(name, [], [("synthesized", len(rows))])
-    ok = [i for i, r in enumerate(rows) if status_at_least(r.status, min_status) and r.problem.strip() and r.solution]
+    # "external" rows (a teacher dataset without tests) cannot be run: only dedup and decontamination apply.
+    ok = [
+        i
+        for i, r in enumerate(rows)
+        if (r.status == "external" or status_at_least(r.status, min_status)) and r.problem.strip() and r.solution
+    ]
     out.rejects += [_reject(rows[i], f"status_{rows[i].status}") for i in sorted(set(range(len(rows))) - set(ok))]
     out.funnel.append((f"status >= {min_status}", len(ok)))
     first, _ = exact_dedup([rows[i].problem for i in ok])
@@ -75,18 +91,49 @@ def _reject(row: InstructionSample, reason: str) -> dict[str, Any]:
     return dict(row.to_json(), reason=reason)
 
 
-def equalize(sets: list[InstructionSet], n: int | None, seed: int) -> tuple[int, list[InstructionSet]]:
-    """Subsample every non-empty arm to the same size (n, or the smallest arm), seeded."""
-    sizes = [len(s.rows) for s in sets if s.rows]
-    if not sizes:
-        return 0, sets
-    size = min(sizes + ([n] if n else []))
-    out = []
+class ArmShortfall(ValueError):
+    """An arm has fewer usable samples than asked, beyond the profile's tolerance."""
+
+
+@dataclass(frozen=True)
+class ArmSize:
+    """What an arm asked for, had after its filters, and got."""
+
+    name: str
+    asked: int | None  # None: all it has
+    available: int
+    got: int
+
+
+def size_arms(
+    sets: list[InstructionSet], asked: dict[str, int | None], *, equalize: bool, tolerance: float, seed: int
+) -> tuple[list[InstructionSet], list[ArmSize]]:
+    """Cut each arm to its asked size (seeded), or every arm to the smallest one when `equalize`.
+
+    An arm whose filtered set falls short of its asked size by more than `tolerance` (a share of the
+    asked size) stops the stage: a comparison at other sizes than the profile says is not the one asked.
+    """
+    short = [
+        f"arm '{s.name}': asked {asked[s.name]}, available {len(s.rows)}"
+        for s in sets
+        if asked[s.name] is not None and len(s.rows) < (1 - tolerance) * asked[s.name]
+    ]
+    if short:
+        raise ArmShortfall(
+            "; ".join(short) + f" (final.shortfall_tolerance {tolerance}): synthesize more "
+            "snippets (final.snippets), add teacher data, or ask for fewer samples (arm n)"
+        )
+    target = {s.name: min(len(s.rows), asked[s.name] or len(s.rows)) for s in sets}
+    if equalize:
+        smallest = min(target.values(), default=0)
+        target = dict.fromkeys(target, smallest)
+    out, sizes = [], []
     for s in sets:
         rows = list(s.rows)
         random.Random(f"{seed}:{s.name}").shuffle(rows)
-        out.append(InstructionSet(s.name, rows[:size] if len(rows) >= size else [], s.funnel, s.rejects))
-    return size, out
+        out.append(InstructionSet(s.name, rows[: target[s.name]], s.funnel + [("sized", target[s.name])], s.rejects))
+        sizes.append(ArmSize(s.name, asked[s.name], len(s.rows), target[s.name]))
+    return out, sizes
 
 
 DATASET_CARD = """---
@@ -137,7 +184,7 @@ tags: [code, scoder]
 # SCoder student `{arm}` (run `{run}`)
 
 {base} fine-tuned ({method}) on {n} instruction samples of the `{arm}` arm.
-Prompt format: system "{system}", user = the problem, assistant = the solution in a ```python block.
+Prompt format ({fmt}): {prompt_format}
 Load with `transformers.AutoModelForCausalLM.from_pretrained(<this folder>)` (peft installed).
 Training: {train}
 """

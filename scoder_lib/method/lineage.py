@@ -7,12 +7,17 @@ from pathlib import Path
 
 from scoder_lib.core.io import read_json, read_jsonl, write_json
 from scoder_lib.core.logs import get_logger
-from scoder_lib.core.records import Record
+from scoder_lib.core.records import Candidate, Record, read_records
 from scoder_lib.core.run import Run
-from scoder_lib.method.train import TrainResult
+from scoder_lib.llm.models import prepare
+from scoder_lib.method import teacher
+from scoder_lib.method.seed import to_example
+from scoder_lib.method.synthesis import messages
+from scoder_lib.method.train import Example, TrainResult, sft
 
 SYNTH = "synthesizer.json"
 USED = "snippets_used.jsonl"
+KEPT = "kept.jsonl"  # 04's kept candidates: what synthesizer t trained on
 log = get_logger(__name__)
 
 
@@ -45,6 +50,20 @@ def carry_over(folder: Path, previous: Synthesizer, iteration: int) -> Synthesiz
     return synth
 
 
+def train_next(
+    run: Run, folder: Path, examples: list[Example], previous: Synthesizer, iteration: int, note: str
+) -> tuple[Synthesizer, TrainResult | None]:
+    """Train the next synthesizer on `examples` into `folder` (from the previous adapter or the base, as
+    `influence.train_from` says); with no examples, carry the previous one over (recorded as such)."""
+    if not examples:
+        return carry_over(folder, previous, iteration), None
+    opts = run.cfg.influence
+    base = prepare(run.cfg.synthesizer, run.cache_dir)
+    adapter = previous.final if opts.train_from == "previous" else None
+    trained = sft(examples, base.path, folder / "synthesizer", opts.train, base.fingerprint, adapter=adapter)
+    return save_synthesizer(folder, trained, note), trained
+
+
 def load_synthesizer(folder: Path) -> Synthesizer:
     return Synthesizer.from_json(read_json(folder / SYNTH))
 
@@ -63,6 +82,26 @@ def snippets_used_before(run: Run, iteration: int) -> set[str]:
         path = run.stage_dir("03_sample_score", t) / USED
         keys |= {r["key"] for r in read_jsonl(path)}
     return keys
+
+
+def candidate_example(c: Candidate, version: str) -> Example:
+    """Self-distillation trains on exactly what the synthesizer wrote, for the prompt it answered."""
+    return Example.of(messages(c.snippet, version), c.raw)
+
+
+def training_set(run: Run, iteration: int, kept: list[Candidate]) -> list[Example]:
+    """What synthesizer t trains on (`influence.train_data`): this iteration's kept samples; plus the
+    teacher's training samples; or every iteration's kept samples so far (oldest first)."""
+    cfg = run.cfg
+    version, mode = cfg.seed_stage.prompt_version, cfg.influence.train_data
+    earlier: list[Candidate] = []
+    if mode == "accumulated":
+        for t in range(1, iteration):
+            earlier += read_records(run.stage_dir("04_influence", t) / KEPT, Candidate)
+    examples = [candidate_example(c, version) for c in earlier + kept]
+    if mode == "kept+seed":
+        examples += [to_example(r, version) for r in teacher.load(run).train]
+    return examples
 
 
 def final_synthesizer(run: Run) -> Synthesizer:

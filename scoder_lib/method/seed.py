@@ -1,4 +1,4 @@
-"""The teacher ("proprietary LLM") seed set: loading, validation, splits, and extension via an API."""
+"""The committed teacher seed set: loading, validation, its train / held-out split, and training examples."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from scoder_lib.core.config import Config
+from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.io import iter_jsonl
 from scoder_lib.core.logs import get_logger
-from scoder_lib.core.records import HeldoutSample, RecordError, Sample, SeedSample, write_records
+from scoder_lib.core.records import RecordError, Sample, SeedSample
 from scoder_lib.data.decontam import Decontaminator
 from scoder_lib.data.pool import snippet_key
-from scoder_lib.llm.generator import Generator, generator
-from scoder_lib.method.synthesis import messages, parse, render, synthesize, verify
+from scoder_lib.method.synthesis import messages, parse, render, verify
 from scoder_lib.method.train import Example
 
 log = get_logger(__name__)
@@ -74,37 +74,6 @@ def as_sample(row: SeedSample) -> Sample:
     return parse(response(row))
 
 
-def heldout_rows(cfg: Config, seeds: SeedSet) -> list[SeedSample]:
-    """The held-out snippets every synthesizer is measured on (02: base and enhanced; 04: each iteration's)."""
-    return seeds.heldout[: cfg.seed_stage.heldout_compare]
-
-
-def synthesize_heldout(
-    cfg: Config, seeds: SeedSet, model_path: str | None, cache_dir: Path, out: Path, desc: str
-) -> list[Sample]:
-    """One synthesizer on the held-out yardstick, written to `out` with seed ids; one sample per snippet.
-
-    Defined once so 02 and every iteration's 04 use the same snippets, sampling and prompt version:
-    their rates are only comparable that way.
-    """
-    rows = heldout_rows(cfg, seeds)
-    gen = generator(cfg.synthesizer, cache_dir, model_path=model_path)
-    samples = [
-        r[0]
-        for r in synthesize(
-            gen,
-            [r.snippet for r in rows],
-            cfg.seed_stage.compare_sampling,
-            version=cfg.seed_stage.prompt_version,
-            execution=cfg.execution,
-            cache_dir=cache_dir,
-            desc=desc,
-        )
-    ]
-    write_records(out, [HeldoutSample(**s.to_json(), seed_id=r.id) for s, r in zip(samples, rows)])
-    return samples
-
-
 def validate(
     seeds: SeedSet, cfg: Config, dc: Decontaminator, cache_dir: Path
 ) -> tuple[list[Sample], list[dict[str, Any]]]:
@@ -132,36 +101,49 @@ def validate(
     return checks, rows
 
 
-def extend_with_teacher(
-    cfg: Config, gen: Generator, snippets: list[str], cache_dir: Path | None = None
-) -> list[SeedSample]:
-    """New teacher samples for `snippets` through `gen` (the openai backend); valid ones only."""
-    t = cfg.seed_stage.teacher
-    samples = synthesize(
-        gen,
-        snippets,
-        t.sampling,
-        version=cfg.seed_stage.prompt_version,
-        execution=cfg.execution,
-        desc="teacher",
-        cache_dir=cache_dir,
-    )
-    rows = []
-    for snip, outs in zip(snippets, samples):
-        s = outs[0]
-        if s.status == "passed":
-            rows.append(
-                SeedSample(
-                    id=f"api-{snippet_key(snip)[:10]}",
-                    split="train",
-                    snippet=snip,
-                    problem=s.problem,
-                    solution=s.solution,
-                    tests=s.tests,
-                    entry_point=s.entry_point,
-                    prompt_version=cfg.seed_stage.prompt_version,
-                    provenance=f"{t.model.name} via {t.model.openai.base_url}",
-                )
-            )
-    log.info("teacher: %d of %d new samples valid", len(rows), len(snippets))
-    return rows
+def source_file(row: SeedSample) -> str:
+    """The file a seed snippet comes from (`snippet_source` is `<origin>:<path>:<line>`)."""
+    return row.snippet_source.rsplit(":", 1)[0] if row.snippet_source.count(":") >= 2 else row.snippet_source
+
+
+def split_by_source(rows: list[SeedSample], n_heldout: int, seed: int) -> dict[str, str]:
+    """id -> split, holding out whole source files (and samples with a same-named twin together).
+
+    Why whole files: a held-out snippet from a file the synthesizer trained on leaks its context;
+    twins (the same entry point written twice) would leak the exercise itself.
+    """
+    parent = {r.id: r.id for r in rows}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[str, str] = {}
+    for r in rows:
+        for key in (f"file:{source_file(r)}", f"entry:{r.entry_point}"):
+            if key in first:
+                parent[root(r.id)] = root(first[key])
+            first.setdefault(key, r.id)
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(root(r.id), []).append(r.id)
+    order = sorted(groups, key=lambda g: fingerprint([seed, sorted(groups[g])]))
+    split = {r.id: "train" for r in rows}
+    held = 0
+    for g in order:
+        if held >= n_heldout:
+            break
+        if held + len(groups[g]) <= n_heldout + 2:  # small groups only: no file dominates the yardstick
+            for rid in groups[g]:
+                split[rid] = "heldout"
+            held += len(groups[g])
+    return split
+
+
+def leaks(seeds: SeedSet) -> list[str]:
+    """Held-out samples sharing a source file or an entry point with a training sample (should be none)."""
+    train_files = {source_file(r) for r in seeds.train}
+    train_entries = {r.entry_point for r in seeds.train}
+    return [r.id for r in seeds.heldout if source_file(r) in train_files or r.entry_point in train_entries]

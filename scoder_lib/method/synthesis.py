@@ -167,17 +167,19 @@ def synthesize(
     execution: ExecutionOptions,
     desc: str = "synthesizing",
     seed_offset: int = 0,
+    seeds: list[int] | None = None,
     cache_dir: Path | None = None,
 ) -> list[list[Sample]]:
     """Sample `sampling.n` outputs per snippet, parse them, and verify them in the sandbox.
 
-    `gen` is a cached `llm.Generator`; request seeds are `sampling.seed + seed_offset + index`, so
-    every snippet's samples are reproducible and independent of the others.
+    `gen` is a cached `llm.Generator`. Request seeds are `seeds` when given (one per snippet), else
+    `sampling.seed + seed_offset + index`, so every snippet's samples are reproducible and
+    independent of the others; sample j of a request is seeded from its request seed and j.
     """
-    reqs = [
-        GenRequest.chat(messages(s, version), sampling, seed=sampling.seed + seed_offset + i)
-        for i, s in enumerate(snippets)
-    ]
+    if seeds is not None and len(seeds) != len(snippets):
+        raise ValueError(f"synthesize: {len(seeds)} seeds for {len(snippets)} snippets")
+    request_seeds = seeds or [sampling.seed + seed_offset + i for i in range(len(snippets))]
+    reqs = [GenRequest.chat(messages(s, version), sampling, seed=rs) for s, rs in zip(snippets, request_seeds)]
     results = gen.generate(reqs, desc=desc)
     samples = [[parse(c.text) for c in r.completions] for r in results]
     flat = verify(
@@ -198,17 +200,20 @@ def _mean(xs: list[int] | list[float]) -> float:
 
 
 def summarize(samples: list[Sample]) -> dict[str, float]:
-    """Valid rate (solution passes its own tests) with a Wilson 95% interval, and shape measures."""
+    """Valid and parsed rates with Wilson 95% intervals (valid: the solution passes its own tests), and shape."""
     n = len(samples)
     passed = sum(s.status == "passed" for s in samples)
     parsed = [s for s in samples if s.status in ("failed", "passed")]
     lo, hi = wilson(passed, n)
+    plo, phi = wilson(len(parsed), n)
     return {
         "n": n,
         "valid_rate": passed / n if n else 0.0,
         "valid_ci_low": lo,
         "valid_ci_high": hi,
         "parsed_rate": len(parsed) / n if n else 0.0,
+        "parsed_ci_low": plo,
+        "parsed_ci_high": phi,
         "asserts_per_parsed": _mean([s.n_asserts for s in parsed]),
         "problem_words": _mean([len(s.problem.split()) for s in parsed]),
         "distinct_2": distinct_n([s.problem for s in parsed], 2),

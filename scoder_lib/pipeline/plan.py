@@ -10,10 +10,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from scoder_lib.core import cli
+from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_json, write_text
 from scoder_lib.core.logs import get_logger
+from scoder_lib.core.params import load_config
 from scoder_lib.core.run import MARKER, Run, StageRef
 from scoder_lib.llm.base import require_backend
 
@@ -82,11 +85,81 @@ def _write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+def sampling_rule(cfg: Config) -> str:
+    """How many candidates per snippet, and how stage 03 picks among them."""
+    it = cfg.iterate
+    m = it.checkpoints or cfg.seed_stage.train.num_checkpoints
+    pick = (
+        "the best-scoring eligible candidate"
+        if it.weights.mode != "none"
+        else "a random eligible candidate (seeded; no scoring)"
+    )
+    return (
+        f"{m} checkpoint(s) x {it.samples_per_checkpoint} samples = {m * it.samples_per_checkpoint} candidates "
+        f"per snippet; {pick} per snippet, top {it.keep_top_fraction:.0%} kept"
+    )
+
+
+def keep_rule(cfg: Config) -> str:
+    """How stage 04 keeps candidates and what the next synthesizer trains on."""
+    inf = cfg.influence
+    how = {
+        "influence": "by influence",
+        "random": "the same count kept at random (seeded)",
+        "score": "the same count kept by aspect score",
+    }[inf.select]
+    return f"{inf.keep_fraction:.0%} of the selected, {how}; the next synthesizer trains on: {inf.train_data}"
+
+
+def _changes(main: dict[str, Any], other: dict[str, Any], prefix: str = "") -> list[str]:
+    """Leaf settings that differ between two resolved configs (what an ablation switches)."""
+    out = []
+    for key in sorted(set(main) | set(other)):
+        path = f"{prefix}{key}"
+        if path in ("profile", "description", "inherit", "final.arms"):
+            continue
+        a, b = main.get(key), other.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{path}.")
+        elif a != b:
+            out.append(f"{path}: {a} -> {b}")
+    return out
+
+
+def describe_arms(run: Run) -> str:
+    """The arms and ablations a profile asks for, before any work: source, asked size, what each keeps."""
+    # Lazy on purpose: the arms module pulls torch and transformers; only the dry run needs it.
+    from scoder_lib.method import arms  # noqa: PLC0415
+
+    cfg, fin = run.cfg, run.cfg.final
+    lines = [
+        f"Arms of run '{run.name}' (profile {run.profile}): equalize {fin.equalize}, shortfall tolerance "
+        f"{fin.shortfall_tolerance:.0%}, student format {fin.student_format}",
+        f"  method: {sampling_rule(cfg)}",
+        f"          {keep_rule(cfg)}",
+    ]
+    for arm in (a for a in fin.arms if a.enabled):
+        asked = arms.asked_size(run, arm)
+        lines.append(f"  {arm.name:<22} asked {asked if asked is not None else 'all':>8}  {arms.describe(run, arm)}")
+        if arm.data == "run" and arm.profile:
+            other = load_config(arm.profile)
+            changed = _changes(cfg.model_dump(mode="json"), other.model_dump(mode="json"))
+            lines += [
+                f"  {'':<22} run '{arm.run}' = profile {arm.profile}; changes: {'; '.join(changed) or 'none'}",
+                f"  {'':<22} {sampling_rule(other)}",
+                f"  {'':<22} {keep_rule(other)}",
+            ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = cli.parser("scoder_lib.pipeline.plan", __doc__)
     ap.add_argument("--profile", required=True, help="params/<profile>.yaml, or a path to a .yaml")
     ap.add_argument("--run", required=True, help="the run's folder name under outputs/")
+    ap.add_argument("--dry-run", action="store_true", help="print what the profile asks for; write nothing")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        return cli.run(lambda: print(describe_arms(Run.for_profile(args.profile, args.run))) or 0)
     return cli.run(lambda: plan(args.profile, args.run))
 
 

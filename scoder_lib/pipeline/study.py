@@ -14,6 +14,7 @@ import torch
 from scoder_lib.core.io import read_json
 from scoder_lib.core.run import Run
 from scoder_lib.evaluation import anchors
+from scoder_lib.sandbox.isolation import isolation_in_force
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasketch", "papermill", "vllm", "openai")
 
@@ -41,10 +42,7 @@ def run_facts(run: Run) -> dict[str, Any]:
             versions[p] = importlib.metadata.version(p)
         except importlib.metadata.PackageNotFoundError:
             versions[p] = "-"
-    try:
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only"
-    except ImportError:
-        device = "?"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only"
     return {
         "run": run.name,
         "profile": cfg.profile,
@@ -56,6 +54,7 @@ def run_facts(run: Run) -> dict[str, Any]:
         "iterations": run.cfg.iterate.iterations,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {device}",
+        "isolation": isolation_in_force(cfg.execution.isolation),
         **{f"pkg {k}": v for k, v in versions.items()},
     }
 
@@ -79,37 +78,58 @@ def funnel(run: Run) -> list[tuple[str, int]]:
     return steps
 
 
+def _heldout(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("valid_rate", "valid_ci_low", "valid_ci_high", "parsed_rate", "parsed_ci_low", "parsed_ci_high")
+    return {f"heldout_{k}": m.get(f"{prefix}{k}") for k in keys}
+
+
 def iteration_curves(run: Run) -> pd.DataFrame:
-    """Per synthesizer (0 = enhanced, t = after iteration t): held-out valid rate, scores, influence."""
+    """Per synthesizer (-1 = base, 0 = enhanced, t = after iteration t): held-out rates with intervals,
+    scores, influence, and what each iteration kept."""
     m2 = run.metrics("02_seed")
-    rows = [
-        {
-            "synthesizer": 0,
-            "heldout_valid_rate": m2.get("enhanced_valid_rate"),
-            "ci_low": m2.get("enhanced_valid_ci_low"),
-            "ci_high": m2.get("enhanced_valid_ci_high"),
-            "heldout_parsed_rate": m2.get("enhanced_parsed_rate"),
-        }
-    ]
+    rows = [{"synthesizer": -1, **_heldout("base_", m2)}, {"synthesizer": 0, **_heldout("enhanced_", m2)}]
     for t in range(1, run.cfg.iterate.iterations + 1):
         m3, m4 = run.metrics("03_sample_score", t), run.metrics("04_influence", t)
         rows.append(
             {
                 "synthesizer": t,
-                "heldout_valid_rate": m4.get("heldout_valid_rate"),
-                "ci_low": m4.get("heldout_valid_ci_low"),
-                "ci_high": m4.get("heldout_valid_ci_high"),
-                "heldout_parsed_rate": m4.get("heldout_parsed_rate"),
+                **_heldout("heldout_", m4),
+                "candidates": m3.get("candidates"),
+                "eligible": m3.get("eligible"),
+                "selected": m3.get("selected"),
+                "kept": m4.get("kept"),
                 "candidate_valid_rate": m3.get("valid_rate"),
                 "mean_score_eligible": m3.get("mean_score_eligible"),
                 **{f"mean_{a}": m3.get(f"mean_{a}") for a in run.cfg.iterate.aspects},
                 "influence_mean": m4.get("influence_mean"),
                 "influence_std": m4.get("influence_std"),
-                "survival": (m4.get("kept", 0) / m3["candidates"]) if m3.get("candidates") else None,
+                "delta_valid": m4.get("vs_previous_valid_delta"),
+                "delta_parsed": m4.get("vs_previous_parsed_delta"),
             }
         )
     df = pd.DataFrame(rows).set_index("synthesizer")
     return df.apply(pd.to_numeric, errors="coerce")
+
+
+def curve_long(curves: pd.DataFrame) -> pd.DataFrame:
+    """The held-out rates in long form (synthesizer, measure, rate, low, high) for a banded line plot."""
+    out = []
+    for what in ("valid", "parsed"):
+        part = curves[[f"heldout_{what}_rate", f"heldout_{what}_ci_low", f"heldout_{what}_ci_high"]].reset_index()
+        part.columns = ["synthesizer", "rate", "low", "high"]
+        out.append(part.assign(measure=what))
+    return pd.concat(out, ignore_index=True)
+
+
+def arms(run: Run) -> pd.DataFrame:
+    """Stage 05's arm table: data source, asked, available after the filters, got."""
+    path = run.stage_dir("05_final") / "arms.json"
+    return pd.DataFrame(read_json(path)).set_index("arm") if path.exists() else pd.DataFrame()
+
+
+def paired(run: Run) -> pd.DataFrame:
+    path = run.stage_dir("06_evaluate") / "paired.csv"
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def evaluation(run: Run) -> pd.DataFrame:
@@ -117,35 +137,37 @@ def evaluation(run: Run) -> pd.DataFrame:
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
-def deltas(table: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """pass@1 of every model minus the reference model's, per benchmark (percentage points)."""
-    if table.empty or reference not in set(table.model):
-        return pd.DataFrame()
-    wide = table.pivot(index="model", columns="benchmark", values="pass@1") * 100
-    return (wide - wide.loc[reference]).drop(index=reference).round(2)
-
-
 def costs(run: Run) -> pd.DataFrame:
     path = run.stage_dir("05_final") / "costs.json"
     return pd.DataFrame(read_json(path)["rows"]).set_index("item") if path.exists() else pd.DataFrame()
 
 
-def summary_html(facts: dict[str, Any], table: pd.DataFrame, curves: pd.DataFrame, walls: pd.DataFrame) -> str:
-    """The block that opens the index page: run facts, the evaluation table, the iteration curve."""
+def summary_html(
+    facts: dict[str, Any], claims: pd.DataFrame, table: pd.DataFrame, curves: pd.DataFrame, walls: pd.DataFrame
+) -> str:
+    """The block that opens the index page: what the run shows and how sure it is, then the evidence."""
     total = pd.to_numeric(walls.wall_s, errors="coerce").sum()
     parts = [
         f"<h2>Study summary</h2><p>Profile <b>{facts['profile']}</b>: {facts['description']}<br>"
         f"synthesizer {facts['synthesizer']}, student {facts['student']}, {facts['iterations']} iteration(s); "
-        f"stages took {total / 60:.1f} min on {facts['machine']}.</p>"
+        f"stages took {total / 60:.1f} min on {facts['machine']}; untrusted code ran under "
+        f"<b>{facts.get('isolation', '?')}</b>.</p>"
     ]
+    if not claims.empty:
+        parts.append(
+            "<h3>What this run shows</h3><p>Each claim of the paper this run can test: the measured "
+            "effect, its 95% interval, and a verdict read off the interval.</p>"
+            + claims.to_html(index=False, na_rep="")
+        )
     if not table.empty:
         wide = (table.pivot(index="model", columns="benchmark", values="pass@1") * 100).round(1)
         parts.append("<h3>Greedy pass@1 (%)</h3>" + wide.to_html())
         parts.append(f"<p><i>Reference ({anchors.OTHER_SCALE}): {anchors.sentence()}.</i></p>")
     if not curves.empty:
-        # parsed rate too: on small synthesizers it moves long before the valid rate leaves zero
-        cols = [c for c in ("heldout_valid_rate", "ci_low", "ci_high", "heldout_parsed_rate") if c in curves]
-        parts.append("<h3>Held-out synthesis per synthesizer (0 = enhanced)</h3>" + curves[cols].round(3).to_html())
+        cols = [c for c in curves if c.startswith("heldout_")]
+        parts.append(
+            "<h3>Held-out synthesis per synthesizer (-1 = base, 0 = enhanced)</h3>" + curves[cols].round(3).to_html()
+        )
     return "".join(parts)
 
 

@@ -79,6 +79,12 @@ def evalplus_check(g: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     """EvalPlus's differential test: every input, its time limit, its oracle; stop at the first failure."""
     fn = _entry(g, p["entry_point"])
     inputs, expected = codec.decode(p["inputs"]), codec.loads(p["expected"])
+    if not len(inputs) == len(expected) == len(p["time_limits"]):
+        # a broken ground truth, not the program's fault: zip() would silently test fewer inputs
+        raise RuntimeError(
+            f"ground truth mismatch: {len(inputs)} inputs, {len(expected)} expected outputs, "
+            f"{len(p['time_limits'])} time limits"
+        )
     atol, details = p["atol"], []
     for i, (inp, exp) in enumerate(zip(inputs, expected)):
         try:
