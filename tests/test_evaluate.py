@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from scoder_lib.core.config import ConfigError
 from scoder_lib.core.io import read_json, write_jsonl
 from scoder_lib.core.records import EvalResult, read_records
 from scoder_lib.data.benchmarks import load_tasks
+from scoder_lib.data.decontam import build
 from scoder_lib.evaluation import evalplus_compat
 from scoder_lib.evaluation.evaluate import (
     _libs_ok,
@@ -255,3 +257,36 @@ def test_evalplus_canonical_solutions_in_full(benchmark: str, bench_folder: tupl
         workers=2,
     )
     assert broken["base"]["pass@1"] == 0.0 and broken["plus"]["pass@1"] == 0.0
+
+
+def test_decontamination_covers_livecodebench_when_configured(tmp_path: Path, smoke_cfg) -> None:
+    question = (
+        "Given an array of distinct integers, return the length of the longest strictly increasing run "
+        "of consecutive elements, or zero when the array is empty."
+    )
+    task = {
+        "question_id": "q1",
+        "question_title": "Runs",
+        "question_content": question,
+        "platform": "leetcode",
+        "contest_id": "c1",
+        "contest_date": "2024-03-01T00:00:00",
+        "starter_code": "",
+        "difficulty": "easy",
+        "metadata": "{}",
+        "public_test_cases": "[]",
+        "private_test_cases": _lcb_private([]),
+    }
+    write_jsonl(tmp_path / "test.jsonl", [task])
+    decontam = smoke_cfg.preprocess.decontam.model_copy(update={"benchmarks": ["livecodebench"]})
+    cfg = smoke_cfg.model_copy(
+        update={
+            "preprocess": smoke_cfg.preprocess.model_copy(update={"decontam": decontam}),
+            "evaluate": smoke_cfg.evaluate.model_copy(update={"livecodebench_folder": str(tmp_path)}),
+        }
+    )
+    dc = build(cfg)
+    assert dc.check(f"{question}\ndef f(xs):\n    return 0\n") is not None  # an instruction sample's problem
+    assert dc.check("def area(w, h):\n    return w * h\n") is None
+    with pytest.raises(ConfigError, match="livecodebench_folder"):
+        build(cfg.model_copy(update={"evaluate": smoke_cfg.evaluate}))

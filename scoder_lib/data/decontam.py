@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoder_lib.core.config import Config, DecontamOptions
+from scoder_lib.core.config import Config, ConfigError, DecontamOptions
 from scoder_lib.core.logs import get_logger
 from scoder_lib.data.benchmarks import benchmark_texts, load_tasks
 from scoder_lib.data.codetokens import code_tokens, ngram_hashes, normalize
@@ -116,6 +116,16 @@ def build(cfg: Config, folder: Path | None = None) -> Decontaminator:
     fill = [cfg.resolve(p) for p in bopts.fill_from]
     texts = []
     for name in cfg.preprocess.decontam.benchmarks:
-        for task in load_tasks(name, folder, fill, bopts.download):
+        if name == "livecodebench":  # its release files live where evaluation reads them (no download)
+            lcb = cfg.evaluate.livecodebench_folder
+            if lcb is None:
+                raise ConfigError(
+                    "preprocess.decontam.benchmarks names livecodebench: set "
+                    "evaluate.livecodebench_folder to the folder with its release JSONL files"
+                )
+            tasks = load_tasks(name, cfg.resolve(lcb))
+        else:
+            tasks = load_tasks(name, folder, fill, bopts.download)
+        for task in tasks:
             texts += [(name, task.task_id, t) for t in benchmark_texts(task)]
     return Decontaminator(texts, cfg.preprocess.decontam)
