@@ -25,19 +25,21 @@ import pytest
 from conftest import descendants
 
 from scoder_lib.core.config import REPO_ROOT
-from scoder_lib.sandbox import execution, isolation
+from scoder_lib.sandbox import execution, isolation, wall
 from scoder_lib.sandbox.execution import ExecResult, Job, run_many
+from scoder_lib.sandbox.harness import wall as harness_wall
 
 BWRAP_OK, BWRAP_WHY = isolation.bwrap_status()
 LANDLOCK_OK, LANDLOCK_WHY, _ = isolation.landlock_status()
 _NO_BWRAP = pytest.mark.skipif(not BWRAP_OK, reason=f"bwrap unusable: {BWRAP_WHY}")
 _NO_LANDLOCK = pytest.mark.skipif(not LANDLOCK_OK, reason=f"landlock unusable: {LANDLOCK_WHY}")
-VARIANTS = [
-    pytest.param(("bwrap", True), id="bwrap", marks=_NO_BWRAP),
-    pytest.param(("landlock", True), id="landlock", marks=_NO_LANDLOCK),
-    pytest.param(("landlock", False), id="landlock-no-uid-change", marks=_NO_LANDLOCK),
-    pytest.param(("rlimits", True), id="rlimits"),
-    pytest.param(("rlimits", False), id="rlimits-no-uid-change"),
+VARIANTS = [  # (mode, whether a uid change is allowed, Landlock ABI cap)
+    pytest.param(("bwrap", True, None), id="bwrap", marks=_NO_BWRAP),
+    pytest.param(("landlock", True, None), id="landlock", marks=_NO_LANDLOCK),
+    pytest.param(("landlock", False, None), id="landlock-no-uid-change", marks=_NO_LANDLOCK),
+    pytest.param(("landlock", False, 1), id="landlock-abi1-no-uid-change", marks=_NO_LANDLOCK),
+    pytest.param(("rlimits", True, None), id="rlimits"),
+    pytest.param(("rlimits", False, None), id="rlimits-no-uid-change"),
 ]
 
 
@@ -48,11 +50,17 @@ def _fresh_plans() -> None:
 
 @pytest.fixture(params=VARIANTS)
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A mode; '-no-uid-change' runs programs under our own uid, as a user who is not root would."""
-    name, uid_change = request.param
+    """A mode; '-no-uid-change' runs programs under our own uid, as a user who is not root would;
+    '-abi1' applies only what Landlock's first ABI (kernel 5.13, Ubuntu 22.04) offers."""
+    name, uid_change, max_abi = request.param
     if not uid_change:
         # As root that is the hard case: file permissions no longer stop the program, only the wall does.
         monkeypatch.setattr(isolation, "is_root", lambda: False)
+    if max_abi is not None:
+        config = {**wall.wall_config(), "max_abi": max_abi}
+        monkeypatch.setattr(isolation, "wall_config", lambda: config)
+        status = (True, "ok", {"abi": max_abi, **harness_wall.mechanisms(max_abi)})
+        monkeypatch.setattr(isolation, "landlock_status", lambda: status)
     _fresh_plans()
     yield name
     monkeypatch.undo()

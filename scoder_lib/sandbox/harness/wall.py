@@ -114,7 +114,8 @@ class Wall:
     """Built once in the zygote (seccomp filter, ABI); `apply` runs in each forked child."""
 
     def __init__(self, cfg: dict[str, Any]):
-        self.abi = landlock_abi()
+        # max_abi: behave as an older kernel would (tests of what holds on, e.g., Ubuntu 22.04's ABI 1).
+        self.abi = min(landlock_abi(), int(cfg.get("max_abi", 1 << 16)))
         if self.abi < 1:
             raise OSError(errno.ENOSYS, "Landlock is not available in this kernel")
         if pyseccomp is None:
