@@ -220,6 +220,21 @@ def test_no_bwrap_means_the_landlock_wall_and_strict_refuses_rlimits(monkeypatch
         isolation.isolation_in_force("landlock")
 
 
+def test_strict_refuses_a_wall_with_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Landlock before ABI 6 (kernel 6.12) cannot scope signals: without a uid change, 'strict' refuses it."""
+    monkeypatch.setattr(isolation, "bwrap_status", lambda: (False, "bwrap not found on PATH"))
+    monkeypatch.setattr(isolation, "landlock_status", lambda: (True, "ok", {"abi": 4, **harness_wall.mechanisms(4)}))
+    monkeypatch.setattr(isolation, "is_root", lambda: False)
+    isolation.plan_for.cache_clear()
+    try:
+        assert isolation.isolation_in_force("auto") == "landlock"
+        assert "not walled: signals" in isolation.banner("auto")
+        with pytest.raises(isolation.SandboxUnavailable, match="not walled: signals"):
+            isolation.isolation_in_force("strict")
+    finally:
+        isolation.plan_for.cache_clear()
+
+
 def test_without_bwrap_on_path_auto_picks_the_wall() -> None:
     """No monkeypatching: a process whose PATH has no bwrap resolves 'auto' on its own."""
     code = "from scoder_lib.sandbox import isolation\nprint(isolation.isolation_in_force('auto'))"

@@ -100,13 +100,14 @@ def _warn_no_wall() -> None:
 
 
 def _why_not() -> str:
-    return f"bwrap: {bwrap_status()[1]}; landlock: {landlock_status()[1]}"
+    landlock = summary("landlock") if usable("landlock")[0] else landlock_status()[1]
+    return f"bwrap: {bwrap_status()[1]}; landlock: {landlock}"
 
 
 def isolation_details(isolation: str = "auto") -> dict[str, Any]:
     """What a report should say about the isolation: mode, the wall's mechanisms, uid change, soft guards."""
     plan = plan_for(isolation_in_force(isolation))
-    ll_ok, ll_why, ll = landlock_status()
+    _, ll_why, ll = landlock_status()
     return {
         "isolation": plan.mode,
         "summary": summary(plan.mode),
