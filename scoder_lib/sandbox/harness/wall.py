@@ -24,11 +24,6 @@ import os
 import stat
 from typing import Any
 
-try:
-    import pyseccomp
-except (ImportError, RuntimeError, OSError):  # no package or no libseccomp: the probe reports it
-    pyseccomp = None
-
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.syscall.restype = ctypes.c_long
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # one number on every architecture
@@ -101,13 +96,8 @@ def landlock_abi() -> int:
 
 
 def mechanisms(abi: int) -> dict[str, bool]:
-    """What the wall enforces at this ABI (seccomp: whether libseccomp could be loaded)."""
-    return {
-        "landlock_files": abi >= 1,
-        "landlock_tcp": abi >= 4,
-        "landlock_signals": abi >= 6,
-        "seccomp_sockets": pyseccomp is not None,
-    }
+    """What a built `Wall` enforces at this ABI (it is never built without its seccomp filter)."""
+    return {"landlock_files": abi >= 1, "landlock_tcp": abi >= 4, "landlock_signals": abi >= 6, "seccomp_sockets": True}
 
 
 class Wall:
@@ -118,8 +108,6 @@ class Wall:
         self.abi = min(landlock_abi(), int(cfg.get("max_abi", 1 << 16)))
         if self.abi < 1:
             raise OSError(errno.ENOSYS, "Landlock is not available in this kernel")
-        if pyseccomp is None:
-            raise OSError(errno.ENOSYS, "pyseccomp or libseccomp is not available")
         self.fs = _FS_BY_ABI.get(self.abi, _FS_LATEST)
         self.rules = [(p, READ) for p in cfg.get("read", [])] + [(p, DEVICE) for p in cfg.get("devices", [])]
         self.filter = _seccomp_filter()
@@ -154,6 +142,10 @@ class Wall:
 
 def _seccomp_filter() -> Any:
     """Allow everything but sockets (EACCES, as a firewall would say) and the `_DENIED` calls (EPERM)."""
+    try:
+        import pyseccomp  # noqa: PLC0415 - its import runs ldconfig (~0.1 s); only the landlock mode pays
+    except (ImportError, RuntimeError, OSError) as exc:  # no package, or no libseccomp on this system
+        raise OSError(errno.ENOSYS, f"pyseccomp/libseccomp is not available: {exc}") from exc
     filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     filt.add_rule(pyseccomp.ERRNO(errno.EACCES), "socket")
     for name in _DENIED:
