@@ -33,7 +33,7 @@ _PR_SET_NO_NEW_PRIVS = 38
 
 # linux/landlock.h: file-system access rights, and the ABI that introduced the highest of them.
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1, 2, 4, 8
-REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+TRUNCATE, IOCTL_DEV = 1 << 14, 1 << 15  # ABI 3, ABI 5; bit 13 is REFER (ABI 2)
 _FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
 _FS_LATEST = (1 << 16) - 1  # ABI >= 5
 _FILE_ONLY = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV  # what a rule on a non-directory may hold
@@ -129,8 +129,8 @@ class Wall:
     def _allow(self, ruleset: int, path: str, access: int) -> None:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return  # an optional folder (/lib32 ...) this system lacks
+        except (FileNotFoundError, PermissionError):
+            return  # an optional folder (/lib32 ...) this system lacks, or one this user cannot reach anyway
         try:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 access &= _FILE_ONLY
