@@ -25,6 +25,9 @@ _REPO = Path(__file__).resolve().parents[2]
 # System folders a program (or a binary it starts) reads: libraries, executables, configuration, CPU count.
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys/devices/system/cpu")
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# Machine-wide /proc files that programs read for sizes and counts (psutil.virtual_memory, cpu_percent):
+# nothing in them belongs to another process. /proc itself, and every other pid's entry, stays closed.
+_PROC_INFO = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/loadavg", "/proc/uptime", "/proc/version")
 
 
 def read_paths() -> list[str]:
@@ -36,7 +39,7 @@ def read_paths() -> list[str]:
     # A prefix that holds a home, the repository (with its .env files) or /tmp would open the wall.
     private = (os.path.realpath(os.path.expanduser("~")), os.path.realpath(_REPO), "/tmp", "/home", "/root")
     paths = {p for p in python if os.path.exists(p) and not any(_holds(p, q) for q in private)}
-    return [*_SYSTEM, *sorted(paths), str(_HARNESS)]
+    return [*_SYSTEM, *_PROC_INFO, *sorted(paths), str(_HARNESS)]
 
 
 def _holds(folder: str, path: str) -> bool:
