@@ -27,7 +27,8 @@ a wall-clock kill; capped output; stray processes and files swept after each pro
   it starts; see `harness/wall.py`): reading anything outside an allow-list (system folders, /etc,
   the interpreter and its site-packages, the harness) and writing outside its temp folder; sockets
   of any family (seccomp; Landlock also refuses TCP from ABI 4); io_uring, ptrace, keyrings, bpf,
-  namespaces, mounts, module loading; listing /proc or reading another process's entries; signals
+  namespaces, mounts, module loading; listing /proc or reading another process's entries (only
+  machine-wide counts such as /proc/meminfo stay readable); signals
   to processes outside the program (Landlock ABI >= 6, else only with a private uid).
 - rlimits (no wall): the limits above, sockets refused by an audit hook; where we are root and the
   interpreter is readable by an unprivileged uid, the program runs under a private uid (file
