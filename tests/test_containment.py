@@ -184,7 +184,7 @@ def test_signalling_a_host_process(
     program = (
         f"import os\nos.kill({pid}, {int(signal.SIGKILL)})"
         if how == "python"
-        else f"import subprocess\nsubprocess.run(['kill', '-9', '{pid}'], check=True)"
+        else f"import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 {pid}'], check=True)"
     )
     result = _one(mode, program)
     assert victim.poll() is None, "the host process was killed"
