@@ -25,6 +25,27 @@ PY = Path(sys.executable)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def descendants() -> set[int]:
+    """Every live process below this test process (the sandbox servers, and any strays)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [os.getpid()]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            found.add(kid)
+            todo.append(kid)
+    return found
+
+
 @pytest.fixture(scope="session")
 def bench_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """(folder, fill_from) for benchmark loaders; skips if ../shared/benchmarks is absent."""

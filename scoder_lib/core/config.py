@@ -194,7 +194,9 @@ class ExecutionOptions(Section):
     workers: int = 2
     timeout_s: float = 10.0
     memory_mb: int = 1024
-    isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
+    # auto: bwrap, else the landlock wall, else rlimits (no wall, with a warning); strict: the same but
+    # refuses to run untrusted code without a complete wall. See scoder_lib/sandbox/isolation.py.
+    isolation: Literal["auto", "strict", "bwrap", "landlock", "rlimits"] = "auto"
 
 
 class TeacherDataset(Section):

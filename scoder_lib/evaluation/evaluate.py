@@ -41,7 +41,7 @@ from scoder_lib.evaluation import evalplus_compat as ep
 from scoder_lib.evaluation.sanitize import referenced_names, sanitize
 from scoder_lib.llm import student_format
 from scoder_lib.sandbox.execution import ExecResult, Job, run_many
-from scoder_lib.sandbox.isolation import isolation_details
+from scoder_lib.sandbox.isolation import ISOLATIONS, isolation_details
 
 log = get_logger(__name__)
 
@@ -332,7 +332,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tasks", type=int, default=None)
     p.add_argument("--timeout", type=float, default=exe.timeout_s, help="seconds per program")
     p.add_argument("--memory-mb", type=int, default=exe.memory_mb)
-    p.add_argument("--isolation", choices=("auto", "bwrap", "rlimits"), default=exe.isolation)
+    p.add_argument("--isolation", choices=ISOLATIONS, default=exe.isolation)
     p.add_argument("--k", type=int, nargs="+", default=[1])
     p.add_argument(
         "--folder",

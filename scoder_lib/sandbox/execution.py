@@ -4,7 +4,8 @@ How a program runs: each worker slot owns one long-lived sandbox (bubblewrap whe
 which a small server (`harness/zygote.py`) forks a fresh child per program. The child gets its
 own session and process group, a new empty temp folder as cwd/HOME/TMPDIR, stdin from a memfd
 (empty unless the job gives input), a scrubbed environment, rlimits (address space, CPU time,
-file size, processes), and, where we run as root, an unprivileged uid of its own. Output is
+file size, processes), in landlock mode a Landlock + seccomp wall it applies to itself, and,
+where we run as root, an unprivileged uid of its own. Output is
 captured up to a cap; at the wall-clock deadline the whole group is killed, and afterwards every
 process the program left behind (found because the server is a child subreaper) and its folder.
 
@@ -14,23 +15,34 @@ the last line of the program, tests and driver, and the child then exited 0. Exi
 Test `assert`s are rewritten so their operands must not be program-made classes that override
 comparison or arithmetic dunders ("always equal" objects); see `harness/compare.py`.
 
-Threat model (what a model-written program can and cannot do to us):
-- Defended, bwrap mode: writing anywhere but its temp folder (read-only root, private /tmp),
-  network (own empty net namespace), seeing or signalling host processes (own pid namespace),
-  reading host secrets from the environment (scrubbed) or from $HOME (masked with a tmpfs),
-  fork bombs (RLIMIT_NPROC per private uid), memory bombs (RLIMIT_AS), hangs (timeout + kill),
-  huge output (capped), stray processes and files (swept after each program).
-- Defended softly, rlimits mode (no namespaces available): the limits above, sockets refused by
-  an audit hook; where the interpreter is readable by an unprivileged uid and we are root, the
-  program runs under that uid (file permissions then protect the host). Otherwise the audit hook
-  also refuses writes outside the temp folder, kills of foreign processes, other processes'
-  /proc entries, and too many forks. That hook is bypassed by running another binary
-  (subprocess) or by calling libc through ctypes; it is a fallback, not a wall.
-- Not defended: a program that introspects the interpreter (gc, frames) to find the nonce and
-  writes a fake marker, or that monkeypatches the harness or builtins the tests rely on;
-  CPU/memory side channels; kernel exploits; reading world-readable files that bwrap leaves
-  visible (the root filesystem is read-only, not hidden); in rlimits mode without a uid change,
-  everything the soft hook cannot see. The isolation used is reported by `isolation_in_force`.
+Threat model (what a model-written program can and cannot do to us). The mode is chosen by
+`isolation.isolation_in_force`: 'auto' takes bwrap, else landlock, else rlimits (with a warning);
+'strict' refuses to run a program without a complete wall. Every mode has: a scrubbed environment
+(no API keys), rlimits on memory (RLIMIT_AS), CPU time, file size and, where they bind, processes;
+a wall-clock kill; capped output; stray processes and files swept after each program.
+- bwrap (bubblewrap, namespaces): writing anywhere but its temp folder (read-only root, private
+  /tmp), reading $HOME (masked with a tmpfs), the network (own empty net namespace), seeing or
+  signalling host processes (own pid namespace), fork bombs (RLIMIT_NPROC per private uid).
+- landlock (Landlock + seccomp, applied by each forked child to itself, inherited by every binary
+  it starts; see `harness/wall.py`): reading anything outside an allow-list (system folders, /etc,
+  the interpreter and its site-packages, the harness) and writing outside its temp folder; sockets
+  of any family (seccomp; Landlock also refuses TCP from ABI 4); io_uring, ptrace, keyrings, bpf,
+  namespaces, mounts, module loading; listing /proc or reading another process's entries (only
+  machine-wide counts such as /proc/meminfo stay readable); signals
+  to processes outside the program (Landlock ABI >= 6, else only with a private uid).
+- rlimits (no wall): the limits above, sockets refused by an audit hook; where we are root and the
+  interpreter is readable by an unprivileged uid, the program runs under a private uid (file
+  permissions then protect the host's private files and processes). Otherwise the audit hook also
+  refuses writes outside the temp folder, kills of foreign processes, other processes' /proc
+  entries, and too many forks. The hook is bypassed by running another binary or by calling libc
+  through ctypes: a program can read your files and reach the network.
+- Not defended in any mode: a program that introspects the interpreter (gc, frames) to find the
+  nonce and writes a fake marker, or that monkeypatches the harness or builtins the tests rely on;
+  CPU/memory side channels; kernel exploits; reading world-readable system files (bwrap leaves the
+  root filesystem visible, landlock /usr and /etc). Without bwrap and without a private uid, a fork
+  bomb of child binaries is bounded only by the timeout and the sweep (RLIMIT_NPROC would count
+  all the user's processes), and in landlock mode POSIX semaphores (/dev/shm, multiprocessing
+  locks) are unavailable. Tests: tests/test_execution.py and tests/test_containment.py.
 """
 
 from __future__ import annotations
@@ -130,6 +142,7 @@ class _Slot:
             "nproc": self.plan.nproc,
             "sweep_dirs": ["/tmp", "/var/tmp", "/dev/shm"],
             "preload": list(self.preload),
+            "wall": self.plan.wall,
         }
 
     def start(self) -> None:

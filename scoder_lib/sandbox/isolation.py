@@ -1,7 +1,10 @@
-"""Which isolation a sandbox worker starts in, and how: bubblewrap where it works, else rlimits.
+"""Which isolation a sandbox worker starts in, and how: bubblewrap, else a Landlock wall, else rlimits.
 
-A `Plan` says how slots of one mode start: the command prefix (bwrap and its binds), whether
-programs get a private uid, their process limit, and the soft in-process guards. See the threat
+Modes: 'bwrap' (namespaces), 'landlock' (Landlock + seccomp, no privilege or package needed beyond
+libseccomp), 'rlimits' (limits and a soft audit hook: no wall). 'auto' takes the strongest that works
+here; 'strict' does the same but refuses to run untrusted code without a wall. A `Plan` says how
+slots of one mode start: the command prefix (bwrap and its binds), whether programs get a private
+uid, their process limit, the wall's allow-list and the soft in-process guards. See the threat
 model in `scoder_lib.sandbox.execution`.
 """
 
@@ -18,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from scoder_lib.core.logs import get_logger
+from scoder_lib.sandbox.wall import landlock_status, wall_config
 
 log = get_logger(__name__)
 
-ISOLATIONS = ("auto", "bwrap", "rlimits")
+ISOLATIONS = ("auto", "strict", "bwrap", "landlock", "rlimits")
+WALLS = ("bwrap", "landlock")  # the modes that 'strict' accepts (where `contained` is all True)
+CONTAINED = ("files", "network", "signals", "process_list")
 _REPO = Path(__file__).resolve().parents[2]
 _UID_BASE = 0x4000_0000  # private uids: base + (host pid << 9) + slot number, never a real account
 NPROC = 256  # processes + threads per program
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_INSTALL = "apt install bubblewrap"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -42,33 +49,107 @@ class Plan:
     nproc: int  # RLIMITNPROC for programs; 0 where the kernel would not enforce it (root's own uid)
     guard: dict[str, Any]
     tmp_root: str | None  # None: a per-pool folder on the host
+    wall: dict[str, list[str]] | None = None  # 'landlock': what the children may read (harness/wall.py)
 
 
 def isolation_in_force(isolation: str = "auto") -> str:
-    """'bwrap' or 'rlimits': what `isolation` resolves to here ('bwrap' raises if unusable)."""
+    """The mode `isolation` resolves to here: 'bwrap', 'landlock' or 'rlimits'; raises if the asked wall is missing."""
     if isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
     if isolation == "rlimits":
         return "rlimits"
-    ok, why = bwrap_status()
-    if ok:
-        return "bwrap"
-    if isolation == "bwrap":
+    if isolation in WALLS:
+        ok, why = usable(isolation)
+        if not ok:
+            raise SandboxUnavailable(f"isolation {isolation!r} requested but it is unusable here: {why} ({_INSTALL})")
+        return isolation
+    for mode in WALLS:
+        if usable(mode)[0] and (isolation == "auto" or all(contained(mode).values())):
+            return mode
+    if isolation == "strict":
         raise SandboxUnavailable(
-            f"isolation 'bwrap' requested but bubblewrap is unusable here: {why} (Debian: apt-get install bubblewrap)"
+            f"execution.isolation is 'strict' and no complete wall works here ({_why_not()}): {_INSTALL}"
         )
+    _warn_no_wall()
     return "rlimits"
 
 
+def usable(mode: str) -> tuple[bool, str]:
+    """Whether a mode can start here, and why not ('rlimits' always can)."""
+    if mode == "bwrap":
+        return bwrap_status()
+    if mode == "landlock":
+        return landlock_status()[:2]
+    return True, "ok"
+
+
+def contained(mode: str) -> dict[str, bool]:
+    """What a mode walls off here: other files (read, write), the network, other processes (signals, listing)."""
+    if mode == "bwrap":
+        return dict.fromkeys(CONTAINED, True)
+    uid = plan_for(mode).uid_drop  # a private uid: file permissions and signal rules then protect the host
+    if mode == "landlock":
+        signals = uid or landlock_status()[2].get("landlock_signals", False)
+        return {"files": True, "network": True, "signals": signals, "process_list": True}
+    return {"files": uid, "network": False, "signals": uid, "process_list": False}
+
+
+@functools.cache
+def _warn_no_wall() -> None:
+    log.warning("sandbox: NO wall around untrusted code (rlimits only): %s; %s", _why_not(), _INSTALL)
+
+
+def _why_not() -> str:
+    landlock = summary("landlock") if usable("landlock")[0] else landlock_status()[1]
+    return f"bwrap: {bwrap_status()[1]}; landlock: {landlock}"
+
+
 def isolation_details(isolation: str = "auto") -> dict[str, Any]:
-    """What a report should say about the isolation: mode, uid change, soft guards."""
+    """What a report should say about the isolation: mode, the wall's mechanisms, uid change, soft guards."""
     plan = plan_for(isolation_in_force(isolation))
+    _, ll_why, ll = landlock_status()
     return {
         "isolation": plan.mode,
+        "summary": summary(plan.mode),
+        "contained": contained(plan.mode),
+        "wall": sorted(k for k, v in ll.items() if v is True) if plan.mode == "landlock" else [],
+        "landlock_abi": ll.get("abi", 0),
         "private_uid": plan.uid_drop,
         "soft_guard": sorted(k for k, v in plan.guard.items() if v and k != "protected"),
         "bwrap_reason": bwrap_status()[1],
+        "landlock_reason": ll_why,
     }
+
+
+def summary(mode: str) -> str:
+    """A few words for a report's front page: the mode and what holds it."""
+    if mode == "bwrap":
+        return "bwrap (namespaces: read-only root, hidden home, no network, own PID namespace)"
+    if mode == "landlock":
+        gaps = [k for k, v in contained(mode).items() if not v]
+        abi = landlock_status()[2].get("abi", 0)
+        return f"landlock (Landlock ABI {abi} + seccomp)" + (f"; not walled: {', '.join(gaps)}" if gaps else "")
+    return "rlimits only (NO wall" + (": private uid)" if plan_for(mode).uid_drop else ")")
+
+
+def banner(isolation: str = "auto") -> str:
+    """One prominent line for the start of a run: which isolation will run untrusted code, how to get a stronger one."""
+    try:
+        mode = isolation_in_force(isolation)
+    except SandboxUnavailable as exc:
+        return f"UNTRUSTED CODE WILL NOT RUN: {exc}"
+    line = f"Untrusted code runs in: {summary(mode)}"
+    bwrap_ok, bwrap_why = bwrap_status()
+    if mode == "bwrap":
+        return line + "."
+    if mode == "landlock":
+        why = "chosen by execution.isolation" if bwrap_ok else f"bubblewrap is unusable: {bwrap_why}"
+        return line + f" ({why}); for namespaces as well: {_INSTALL}."
+    chosen = " (chosen by execution.isolation)" if isolation == "rlimits" else ""
+    return (
+        f"WARNING: {line}{chosen}; model-written programs can reach the network and, without a private uid, "
+        f"read your files. Fix: {_INSTALL} (or a kernel with Landlock); execution.isolation: strict refuses instead."
+    )
 
 
 def is_root() -> bool:
@@ -207,15 +288,18 @@ def plan_for(mode: str) -> Plan:
     # RLIMITNPROC binds a private uid, or an unprivileged user inside bwrap's user namespace; root's
     # own uid is exempt, and outside a namespace the count would include all the user's processes.
     nproc_ok = uid_drop or (not is_root() and mode == "bwrap")
+    soft = mode == "rlimits"  # the audit hook is all that stands in for a wall
     guard: dict[str, Any] = {
-        "net": mode == "rlimits",
-        "fs": mode == "rlimits" and not uid_drop,
+        "net": soft,
+        "fs": soft and not uid_drop,
         "max_forks": None if nproc_ok else NPROC,
         "protected": [os.getpid()],
     }
-    if mode == "rlimits" and not uid_drop:
+    if soft and not uid_drop:
         log.warning("sandbox: rlimits mode without a private uid; only a soft in-process guard protects files")
-    return Plan(mode, prefix, uid_drop, NPROC if nproc_ok else 0, guard, "/tmp" if mode == "bwrap" else None)
+    wall = wall_config() if mode == "landlock" else None
+    tmp_root = "/tmp" if mode == "bwrap" else None
+    return Plan(mode, prefix, uid_drop, NPROC if nproc_ok else 0, guard, tmp_root, wall)
 
 
 def program_env() -> dict[str, str]:

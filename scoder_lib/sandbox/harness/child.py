@@ -42,6 +42,7 @@ def main(
     out_w: int,
     err_w: int,
     res_w: int,
+    wall: Any = None,
 ) -> NoReturn:
     """Set up the sandboxed child, run the job, write the marker, exit. Never returns."""
     try:
@@ -50,6 +51,8 @@ def main(
         os.chdir(job_dir)
         _scrub_env(cfg["env"], job_dir)
         _set_limits(req, cfg)
+        if wall is not None:
+            wall.apply(job_dir)  # Landlock + seccomp: inherited by all the program starts, never lifted
         _drop_privileges(cfg.get("uid"))
         _fresh_interpreter_state(job_dir)
         g = cfg.get("guard") or {}

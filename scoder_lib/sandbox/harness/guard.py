@@ -3,8 +3,8 @@
 Installed with `sys.addaudithook` before the program starts. It refuses network sockets, writes
 outside the job folder, signals to processes that are not the program's own, peeking into other
 processes' /proc entries, and more than `max_forks` forks. It is soft: a program can get past it
-by running another binary (subprocess) or by calling libc through ctypes. Bubblewrap mode does
-not need it; see the threat model in `scoder_lib.execution`.
+by running another binary (subprocess) or by calling libc through ctypes. The bwrap and landlock
+modes do not need it; see the threat model in `scoder_lib.execution`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 import contextlib
 
-from scoder_lib.sandbox.harness import child  # noqa: E402 - needs the path above
+from scoder_lib.sandbox.harness import child, wall  # noqa: E402 - needs the path above
 from scoder_lib.sandbox.protocol import read_msg, write_msg  # noqa: E402
 
 del sys.path[0]  # programs must not import the project by accident
@@ -82,6 +82,8 @@ class Zygote:
         self.cfg = cfg
         self.uid: int | None = cfg.get("uid")
         self.tmp_root: str = cfg["tmp_root"]
+        # Built once (seccomp filter, Landlock ABI); each forked child applies it to itself.
+        self.wall = wall.Wall(cfg["wall"]) if cfg.get("wall") else None
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
         """One job, start to verdict: status, reason, payload, stdout, stderr, wall_s."""
@@ -96,7 +98,7 @@ class Zygote:
         (out_r, out_w), (err_r, err_w), (res_r, res_w) = os.pipe(), os.pipe(), os.pipe()
         pid = os.fork()
         if pid == 0:
-            child.main(req, self.cfg, job_dir, nonce, stdin_fd, out_w, err_w, res_w)
+            child.main(req, self.cfg, job_dir, nonce, stdin_fd, out_w, err_w, res_w, self.wall)
         for fd in (stdin_fd, out_w, err_w, res_w):
             os.close(fd)
         cap = int(req.get("max_output", 1 << 16))
