@@ -32,6 +32,7 @@ class StageDef:
     sections: tuple[str, ...]
     per_iteration: bool = False
     hide_code: bool = False
+    runs_untrusted_code: bool = False  # its marker records the sandbox isolation it ran under
 
     @property
     def notebook(self) -> Path:
@@ -42,11 +43,35 @@ class StageDef:
 _COMMON = ("seed", "synthesizer")
 STAGES: tuple[StageDef, ...] = (
     StageDef("01_preprocess", "Snippet pool", ("preprocess", "benchmarks", "seed")),
-    StageDef("02_seed", "Seed distillation", _COMMON + ("seed_stage", "execution", "benchmarks")),
-    StageDef("03_sample_score", "Sampling and scoring", _COMMON + ("iterate", "execution"), per_iteration=True),
-    StageDef("04_influence", "Influence and next synthesizer", _COMMON + ("influence", "iterate"), per_iteration=True),
-    StageDef("05_final", "Final synthesis and students", _COMMON + ("final", "execution", "benchmarks")),
-    StageDef("06_evaluate", "Evaluation", _COMMON + ("evaluate", "execution", "benchmarks", "final")),
+    StageDef(
+        "02_seed", "Seed distillation", _COMMON + ("seed_stage", "execution", "benchmarks"), runs_untrusted_code=True
+    ),
+    StageDef(
+        "03_sample_score",
+        "Sampling and scoring",
+        _COMMON + ("iterate", "execution"),
+        per_iteration=True,
+        runs_untrusted_code=True,
+    ),
+    StageDef(
+        "04_influence",
+        "Influence and next synthesizer",
+        _COMMON + ("influence", "iterate", "execution"),
+        per_iteration=True,
+        runs_untrusted_code=True,
+    ),
+    StageDef(
+        "05_final",
+        "Final synthesis and students",
+        _COMMON + ("final", "execution", "benchmarks"),
+        runs_untrusted_code=True,
+    ),
+    StageDef(
+        "06_evaluate",
+        "Evaluation",
+        _COMMON + ("evaluate", "execution", "benchmarks", "final"),
+        runs_untrusted_code=True,
+    ),
     StageDef("07_report", "Study report", (), hide_code=True),
 )
 BY_KEY = {s.key: s for s in STAGES}

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from scoder_lib.core import cli
-from scoder_lib.core.config import Config
+from scoder_lib.core.config import Config, ConfigError
 from scoder_lib.core.io import write_json, write_text
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.params import load_config
 from scoder_lib.core.run import MARKER, Run, StageRef
 from scoder_lib.llm.base import require_backend
+from scoder_lib.sandbox.isolation import banner
 
 log = get_logger(__name__)
 
@@ -38,6 +39,10 @@ def plan(profile: str, name: str) -> int:
     write_text(run.stamps / "plan_started", f"{time.time()}\n")
     if changed:
         log.info("settings changed (or new) for: %s", ", ".join(changed))
+    line = banner(run.cfg.execution.isolation)
+    print(f"\n*** {line} ***\n", file=sys.stderr)
+    if line.startswith("UNTRUSTED CODE WILL NOT RUN"):
+        raise ConfigError(f"execution.isolation: {run.cfg.execution.isolation} cannot be honoured here: {line}")
     return 0
 
 

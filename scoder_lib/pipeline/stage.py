@@ -16,6 +16,7 @@ from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_json
 from scoder_lib.core.logs import get_logger, setup_logging
 from scoder_lib.core.run import MARKER, Run, StageRef
+from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
 log = get_logger(__name__)
 
@@ -75,6 +76,8 @@ class Stage:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "notebook_wall_s": round(wall, 1),
         }
+        if self.ref.defn.runs_untrusted_code:
+            marker["isolation"] = summary(isolation_in_force(self.cfg.execution.isolation))
         write_json(self.path(MARKER), marker)
         log.info("stage %s done: %d metrics written", self.ref.id, len(metrics))
         return marker

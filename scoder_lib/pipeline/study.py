@@ -14,21 +14,23 @@ import torch
 from scoder_lib.core.io import read_json
 from scoder_lib.core.run import Run
 from scoder_lib.evaluation import anchors
-from scoder_lib.sandbox.isolation import isolation_in_force
+from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasketch", "papermill", "vllm", "openai")
 
 
 def stage_walls(run: Run) -> pd.DataFrame:
+    """Per stage: done, wall seconds, when it finished, and the isolation untrusted code ran under."""
     rows = []
     for ref in run.instances:
-        marker = run.marker(ref)
+        marker = read_json(run.marker(ref)) if run.marker(ref).exists() else {}
         rows.append(
             {
                 "stage": ref.id,
-                "done": marker.exists(),
+                "done": bool(marker),
                 "wall_s": run.wall_s(ref),
-                "finished_at": read_json(marker).get("finished_at") if marker.exists() else None,
+                "finished_at": marker.get("finished_at"),
+                "isolation": marker.get("isolation", ""),
             }
         )
     return pd.DataFrame(rows)
@@ -54,7 +56,7 @@ def run_facts(run: Run) -> dict[str, Any]:
         "iterations": run.cfg.iterate.iterations,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {device}",
-        "isolation": isolation_in_force(cfg.execution.isolation),
+        "isolation": summary(isolation_in_force(cfg.execution.isolation)),
         **{f"pkg {k}": v for k, v in versions.items()},
     }
 
@@ -153,6 +155,13 @@ def summary_html(
         f"stages took {total / 60:.1f} min on {facts['machine']}; untrusted code ran under "
         f"<b>{facts.get('isolation', '?')}</b>.</p>"
     ]
+    ran = walls[walls.isolation != ""] if "isolation" in walls else walls.iloc[0:0]
+    if len(ran):
+        parts.append(
+            "<p>Isolation of model-written code, per stage: "
+            + "; ".join(f"{r.stage}: {r.isolation}" for r in ran.itertuples())
+            + ".</p>"
+        )
     if not claims.empty:
         parts.append(
             "<h3>What this run shows</h3><p>Each claim of the paper this run can test: the measured "
