@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -188,3 +189,18 @@ def test_sft_under_a_launcher_matches_in_process(micro, cache_dir, tmp_path):
     )
     assert launched.steps == local.steps and np.allclose([x for _, x in launched.losses], [x for _, x in local.losses])
     assert (launched.final / "moments.safetensors").exists()
+
+
+def test_a_backend_in_a_worker_process_gives_the_same_outputs(micro, cache_dir):
+    """`python:` on a spec runs the backend in another interpreter (vLLM's own venv); same results and key."""
+    req = [_chat(PROMPTS[0], temperature=1.0, n=2, seed=3), _chat(PROMPTS[3])]
+    local = make_backend(micro, cache_dir)
+    worker = make_backend(micro.model_copy(update={"python": sys.executable}), cache_dir)
+    try:
+        assert [r.texts for r in worker.generate(req)] == [r.texts for r in local.generate(req)]
+        assert (worker.name, worker.fingerprint) == (local.name, local.fingerprint)
+    finally:
+        worker.close()
+    assert worker.proc.poll() is not None  # the worker is gone
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_backend(micro.model_copy(update={"python": ".venv-nowhere/bin/python"}), cache_dir)

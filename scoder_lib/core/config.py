@@ -56,6 +56,9 @@ class ModelSpec(Section):
     revision: str | None = None
     gguf_file: str | None = None
     batch_size: int = 16
+    # Run the backend in another interpreter (a worker process), e.g. ".venv-vllm/bin/python" where
+    # vLLM's CPU build lives in a venv of its own; None: in this process.
+    python: str | None = None
     vllm: VllmOptions = VllmOptions()
     openai: OpenAIOptions = OpenAIOptions()
 

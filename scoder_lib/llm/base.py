@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scoder_lib.core.config import ConfigError, ModelSpec, Sampling
+from scoder_lib.core.config import REPO_ROOT, ConfigError, ModelSpec, Sampling
 from scoder_lib.core.hashing import fingerprint
 
 if TYPE_CHECKING:  # plan imports this module: transformers must not load with it
@@ -146,10 +148,20 @@ _OPTIONAL = {
 
 
 def require_backend(spec: ModelSpec, where: str) -> None:
-    """Fail before any work when a model asks for a backend whose package is not installed."""
+    """Fail before any work when a model asks for a backend whose package is not installed (in the
+    worker's interpreter when the spec names one)."""
     package, hint = _OPTIONAL.get(spec.backend, (None, ""))
-    if package and importlib.util.find_spec(package) is None:
+    if not package:
+        return
+    if spec.python is None:
+        found, place = importlib.util.find_spec(package) is not None, "this environment"
+    else:
+        python = Path(spec.python) if Path(spec.python).is_absolute() else REPO_ROOT / spec.python
+        probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({package!r}) is None)"
+        found = python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+        place = str(python)
+    if not found:
         raise ConfigError(
             f"{where}: model '{spec.name}' asks for backend '{spec.backend}', but {package} "
-            f"is not installed in this environment; {hint}"
+            f"is not installed in {place}; {hint}"
         )

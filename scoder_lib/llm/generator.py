@@ -9,6 +9,7 @@ from scoder_lib.core.io import JsonlStore
 from scoder_lib.core.logs import Progress, get_logger
 from scoder_lib.llm import models
 from scoder_lib.llm.base import Backend, GenRequest, GenResult, require_backend
+from scoder_lib.llm.worker import WorkerBackend
 
 log = get_logger(__name__)
 
@@ -51,6 +52,8 @@ class Generator:
 def make_backend(spec: ModelSpec, cache_dir: Path, model_path: str | None = None) -> Backend:
     """Instantiate the backend a spec names; `model_path` overrides the spec's model (a checkpoint)."""
     require_backend(spec, "model spec")
+    if spec.python is not None:
+        return WorkerBackend(spec, cache_dir, model_path)
     ref = models.prepare(spec if model_path is None else spec.model_copy(update={"name": model_path}), cache_dir)
     if spec.backend == "transformers":
         # Lazy on purpose: each backend pulls its own heavy stack; a stage loads only the one it uses.

@@ -68,6 +68,7 @@ from typing import Any
 
 from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.logs import Progress, get_logger
+from scoder_lib.core.wire import read_msg, write_msg
 from scoder_lib.sandbox.isolation import (
     Plan,
     SandboxUnavailable,
@@ -76,7 +77,6 @@ from scoder_lib.sandbox.isolation import (
     private_uid,
     program_env,
 )
-from scoder_lib.sandbox.protocol import read_msg, write_msg
 
 log = get_logger(__name__)
 
@@ -374,5 +374,9 @@ def check_solution(solution: str, tests: str, **limits: Any) -> ExecResult:
 def harness_fingerprint() -> str:
     """Hash of the sandbox's source: a changed harness must not reuse cached verdicts."""
     root = resources.files("scoder_lib.sandbox")
-    files = [*sorted(root.iterdir(), key=lambda p: p.name), *sorted((root / "harness").iterdir(), key=lambda p: p.name)]
+    files = [
+        *sorted(root.iterdir(), key=lambda p: p.name),
+        *sorted((root / "harness").iterdir(), key=lambda p: p.name),
+        resources.files("scoder_lib.core") / "wire.py",
+    ]
     return fingerprint([f.read_text(encoding="utf-8") for f in files if f.name.endswith(".py")])

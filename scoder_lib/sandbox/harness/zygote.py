@@ -23,8 +23,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 import contextlib
 
+from scoder_lib.core.wire import read_msg, write_msg  # noqa: E402
 from scoder_lib.sandbox.harness import child, wall  # noqa: E402 - needs the path above
-from scoder_lib.sandbox.protocol import read_msg, write_msg  # noqa: E402
 
 del sys.path[0]  # programs must not import the project by accident
 

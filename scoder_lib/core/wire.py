@@ -1,6 +1,6 @@
-"""The wire protocol between the parent and a sandbox worker: length-prefixed JSON messages on pipes.
+"""Length-prefixed JSON messages on pipes: how a parent talks to a worker process (sandbox, model worker).
 
-Standard library only: the worker (`harness/zygote.py`) imports it inside the sandbox.
+Standard library only: the sandbox worker (`sandbox/harness/zygote.py`) imports it inside the sandbox.
 """
 
 from __future__ import annotations

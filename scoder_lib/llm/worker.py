@@ -1,0 +1,86 @@
+"""A backend that runs in another interpreter: the same requests and results, over a pipe.
+
+Why: vLLM's CPU build pins its own transformers and torch, so it lives in a venv of its own
+(`make venv-vllm`). With `python: .venv-vllm/bin/python` on a model spec, the pipeline (notebooks,
+training, rating) stays in the project's venv and only generation runs in the worker, which imports
+this same checkout. The worker reports its backend's name and fingerprint, so cached outputs are
+the same whether a backend ran in-process or in a worker.
+
+The worker's side is `llm.worker_main` (started by WorkerBackend; core.wire on stdin/stdout).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from scoder_lib.core.config import REPO_ROOT, ModelSpec
+from scoder_lib.core.logs import get_logger
+from scoder_lib.core.wire import read_msg, write_msg
+from scoder_lib.llm.base import Backend, GenRequest, GenResult
+import contextlib
+
+log = get_logger(__name__)
+START_TIMEOUT_S = 900.0  # loading an engine (vLLM on a CPU) can take minutes
+REQUEST_TIMEOUT_S = 24 * 3600.0
+
+
+def resolve_python(python: str) -> str:
+    """The worker's interpreter: absolute, or relative to the repository root; must exist."""
+    path = Path(python).expanduser()
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model spec 'python: {python}': {path} does not exist (for vLLM's CPU build: `make venv-vllm`)"
+        )
+    return str(path)
+
+
+class WorkerBackend(Backend):
+    """`spec`'s backend, run by `python -m scoder_lib.llm.worker_main` under `spec.python`."""
+
+    def __init__(self, spec: ModelSpec, cache_dir: Path, model_path: str | None = None):
+        python = resolve_python(spec.python or sys.executable)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [python, "-m", "scoder_lib.llm.worker_main"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        atexit.register(self.close)
+        inner = spec.model_copy(update={"python": None})
+        hello = self._call(
+            {"init": {"spec": inner.model_dump(mode="json"), "cache_dir": str(cache_dir), "model_path": model_path}},
+            START_TIMEOUT_S,
+        )
+        self.name, self.fingerprint, self.chunk_size = hello["name"], hello["fingerprint"], hello["chunk_size"]
+        log.info("%s backend in a worker (%s), fingerprint %s", self.name, python, self.fingerprint)
+
+    def _call(self, msg: dict[str, Any], timeout_s: float) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        write_msg(self.proc.stdin.fileno(), msg)
+        reply = read_msg(self.proc.stdout.fileno(), time.monotonic() + timeout_s)
+        if reply is None:
+            raise RuntimeError(f"model worker exited (code {self.proc.wait()}); its log is above")
+        if "error" in reply:
+            raise RuntimeError(f"model worker failed: {reply['error']}")
+        return reply["ok"]
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        out = self._call({"generate": [asdict(r) for r in requests]}, REQUEST_TIMEOUT_S)
+        return [GenResult.from_json(r) for r in out]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                self._call({"close": True}, 60.0)
+            self.proc.kill()
+        self.proc.wait()
