@@ -16,7 +16,7 @@ from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult
 from scoder_lib.llm.generator import Generator, make_backend
 from scoder_lib.llm.models import load
 from scoder_lib.llm.openai_server import OpenAIServer
-from scoder_lib.method import seed, synthesis, teacher
+from scoder_lib.method import replay, seed, synthesis, teacher
 
 SEED_FILE = REPO_ROOT / "data" / "seed" / "seed_v1.jsonl"
 COMPACT_FILE = REPO_ROOT / "data" / "seed" / "seed_compact_v2.jsonl"
@@ -220,3 +220,23 @@ def test_split_by_source_holds_out_whole_files_and_twins():
     )
     fixed = seed.SeedSet([SeedSample(**{**r.to_json(), "split": split[r.id]}) for r in rows])
     assert not seed.leaks(fixed)
+
+
+def test_replay_teacher_sells_valid_samples_over_http(tmp_path, monkeypatch, smoke_cfg):
+    """The rehearsal's stand-in teacher: real client, real HTTP, answers that pass their own tests."""
+    monkeypatch.setenv("REPLAY_KEY", "sk-replay")
+    with OpenAIServer(replay.from_seed_file(COMPACT_FILE), "replay-teacher", api_key="sk-replay") as server:
+        spec = ModelSpec(
+            name="replay-teacher",
+            backend="openai",
+            openai=OpenAIOptions(
+                base_url=server.url, api_key_env="REPLAY_KEY", price_per_1m_input_usd=1.0, price_per_1m_output_usd=2.0
+            ),
+        )
+        gen = Generator(make_backend(spec, tmp_path), tmp_path)
+        cfg = smoke_cfg.model_copy(update={"execution": ExecutionOptions(workers=2, timeout_s=10)})
+        bought = teacher.extend_with_teacher(
+            cfg, gen, [f"def f{i}(x):\n    return x * {i}\n" for i in range(4)], tmp_path
+        )
+        totals = gen.backend.totals
+    assert len(bought) == 4 and totals["requests"] == 4 and totals["cost_usd"] > 0

@@ -285,17 +285,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-
-    args = _args(argv)
-    setup_logging()
-    key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    if args.api_key_env and not key:
-        raise SystemExit(f"--api-key-env {args.api_key_env}: that environment variable is not set")
-    backend = make_backend(ModelSpec(name=args.model, batch_size=args.batch_size), Path(args.cache_dir))
-    server = OpenAIServer(
-        backend, args.served_name or args.model, port=args.port, api_key=key, max_batch=args.batch_size
-    ).start()
+def serve_until_stopped(server: OpenAIServer) -> None:
+    """Block until Ctrl-C or SIGTERM, then close the server cleanly."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops it as cleanly as Ctrl-C
     try:
         while True:
@@ -305,6 +296,28 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         log.info("stopping")
         server.close()
+
+
+def api_key(env: str | None) -> str | None:
+    """The key clients must send, from the environment variable `env` (never from argv: `ps` shows argv)."""
+    key = os.environ.get(env) if env else None
+    if env and not key:
+        raise SystemExit(f"--api-key-env {env}: that environment variable is not set")
+    return key
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    setup_logging()
+    backend = make_backend(ModelSpec(name=args.model, batch_size=args.batch_size), Path(args.cache_dir))
+    server = OpenAIServer(
+        backend,
+        args.served_name or args.model,
+        port=args.port,
+        api_key=api_key(args.api_key_env),
+        max_batch=args.batch_size,
+    ).start()
+    serve_until_stopped(server)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ The worker's side is `llm.worker_main` (started by WorkerBackend; core.wire on s
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,7 +25,6 @@ from scoder_lib.core.config import REPO_ROOT, ModelSpec
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.wire import read_msg, write_msg
 from scoder_lib.llm.base import Backend, GenRequest, GenResult
-import contextlib
 
 log = get_logger(__name__)
 START_TIMEOUT_S = 900.0  # loading an engine (vLLM on a CPU) can take minutes
