@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RUN_STAGE = $(PY) -m scoder_lib.pipeline.runner stage --run $(RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help reproduce stages report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
+.PHONY: help reproduce stages synthesizer FORCE report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -46,7 +46,7 @@ model: venv  ## prepare (convert and cache) the models the profile names
 reproduce: model  ## run every stage of PROFILE into outputs/RUN (skips what is up to date)
 	@$(MAKE) --no-print-directory stages PROFILE=$(PROFILE) RUN=$(RUN)
 
-ifneq ($(filter stages $(OUTPUTS)/%,$(MAKECMDGOALS)),)
+ifneq ($(filter stages synthesizer $(OUTPUTS)/%,$(MAKECMDGOALS)),)
 # Validate params and refresh stamps before make compares any timestamps.
 # (make 4.3 does not export variables to $(shell), hence SCODER_OUTPUTS spelled out)
 $(shell SCODER_OUTPUTS=$(SCODER_OUTPUTS) $(PY) -m scoder_lib.pipeline.plan --profile $(PROFILE) --run $(RUN) >&2)
@@ -60,6 +60,11 @@ endif
 # marker <- its stamp and the marker before it, and FINAL_MARKER, the last one.
 stages: $(FINAL_MARKER)
 	@$(PY) -m scoder_lib.pipeline.runner summary --run $(RUN)
+
+# A run's synthesizer only (stages up to its last iteration): what an ablation arm of another run needs.
+synthesizer: $(SYNTHESIZER_MARKER)
+
+FORCE:
 
 report: venv  ## re-render the HTML reports and index of RUN
 	$(PY) -m scoder_lib.pipeline.runner report --run $(RUN)

@@ -156,13 +156,22 @@ def test_stage_table_orders_instances_and_make_rules(smoke_cfg, tmp_path, monkey
         "$(OUT)/iter_2/04_influence/_SUCCESS.json" in rules
     )
     assert "$(OUT)/05_final/_SUCCESS.json: $(STAMPS)/05_final.hash $(OUT)/iter_3/04_influence/_SUCCESS.json" in rules
-    assert rules.rstrip().endswith("FINAL_MARKER := $(OUT)/07_report/_SUCCESS.json")
+    assert "FINAL_MARKER := $(OUT)/07_report/_SUCCESS.json" in rules
+    assert "SYNTHESIZER_MARKER := $(OUT)/iter_3/04_influence/_SUCCESS.json" in rules
     no_iterations = Run(
         "r", "smoke", smoke_cfg.model_copy(update={"iterate": smoke_cfg.iterate.model_copy(update={"iterations": 0})})
     )
     assert "$(OUT)/05_final/_SUCCESS.json: $(STAMPS)/05_final.hash $(OUT)/02_seed/_SUCCESS.json" in make_rules(
         no_iterations
     )
+
+
+def test_ablation_arms_make_stage_05_wait_for_the_other_runs_synthesizers():
+    paper = Run("paper", "paper", load_config("paper"))
+    rules = make_rules(paper)
+    final = next(line for line in rules.splitlines() if line.startswith("$(OUT)/05_final/_SUCCESS.json:"))
+    assert "$(OUTPUTS)/paper-m1/iter_3/04_influence/_SUCCESS.json" in final
+    assert "\t$(MAKE) --no-print-directory synthesizer PROFILE=paper_ablation_m1 RUN=paper-m1" in rules
 
 
 def test_a_run_refuses_another_profiles_folder(tmp_path, monkeypatch):

@@ -46,25 +46,55 @@ def plan(profile: str, name: str) -> int:
     return 0
 
 
+def _marker(run: Run, ref: StageRef, root: str = "$(OUT)") -> str:
+    return f"{root}/{run.stage_dir(ref.key, ref.iteration).relative_to(run.dir)}/{MARKER}"
+
+
+def synthesizer_ref(run: Run) -> StageRef:
+    """The last stage that trains a synthesizer (the last iteration's 04, or 02 without iterations)."""
+    before_final = [ref for ref in run.instances if ref.key < "05"]
+    return before_final[-1]
+
+
 def make_rules(run: Run) -> str:
     """make's rules for every stage instance: marker <- its stamp and the marker before it.
 
-    Paths are written through the Makefile's $(OUT) and $(STAMPS), so they match however make was
-    called (relative or absolute OUTPUTS).
+    Paths are written through the Makefile's $(OUT), $(STAMPS) and $(OUTPUTS), so they match however
+    make was called (relative or absolute OUTPUTS). An arm fed by another run (an ablation) makes stage
+    05 depend on that run's final synthesizer, built by a sub-make of that run's profile.
     """
-
-    def marker(ref: StageRef) -> str:
-        return f"$(OUT)/{run.stage_dir(ref.key, ref.iteration).relative_to(run.dir)}/{MARKER}"
-
-    lines = ["# Written by `runner plan` from the stage table (scoder_lib/core/run.py); do not edit.", ""]
+    lines = ["# Written by `python -m scoder_lib.pipeline.plan` from the stage table; do not edit.", ""]
     previous = None
+    ablations = _ablation_rules(run)
     for ref in run.instances:
-        deps = f"$(STAMPS)/{ref.stamp}" + (f" {marker(previous)}" if previous else "")
+        deps = f"$(STAMPS)/{ref.stamp}" + (f" {_marker(run, previous)}" if previous else "")
+        if ref.key == "05_final":
+            deps += "".join(f" {m}" for m, _ in ablations)
         flag = f" --iteration {ref.iteration}" if ref.iteration else ""
-        lines += [f"{marker(ref)}: {deps}", f"\t$(RUN_STAGE) --stage {ref.key}{flag}", ""]
+        lines += [f"{_marker(run, ref)}: {deps}", f"\t$(RUN_STAGE) --stage {ref.key}{flag}", ""]
         previous = ref
-    lines.append(f"FINAL_MARKER := {marker(run.instances[-1])}")
+    for m, recipe in ablations:
+        lines += [f"{m}: FORCE", f"\t{recipe}", ""]
+    lines += [
+        f"FINAL_MARKER := {_marker(run, run.instances[-1])}",
+        f"SYNTHESIZER_MARKER := {_marker(run, synthesizer_ref(run))}",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_rules(run: Run) -> list[tuple[str, str]]:
+    """(marker of the other run's final synthesizer, the sub-make that builds it) per arm fed by a run."""
+    out = []
+    for arm in run.cfg.final.arms:
+        if arm.enabled and arm.data == "run" and arm.run and arm.profile:
+            other = Run(arm.run, arm.profile, load_config(arm.profile))
+            out.append(
+                (
+                    _marker(other, synthesizer_ref(other), f"$(OUTPUTS)/{arm.run}"),
+                    f"$(MAKE) --no-print-directory synthesizer PROFILE={arm.profile} RUN={arm.run}",
+                )
+            )
+    return out
 
 
 def check_backends(run: Run) -> None:
