@@ -161,8 +161,10 @@ def check_greedy(args: argparse.Namespace, model: str, work: Path) -> Line:
     src, ref_out, vllm_out = work / "greedy-in.json", work / "greedy-transformers.json", work / "greedy-vllm.json"
     job = {"model": model, "cache_dir": str(work / "cache"), "dtype": args.dtype, "eager": args.eager}
     src.write_text(json.dumps({**job, "requests": [asdict(r) for r in greedy_requests()]}))
-    subprocess.run([sys.executable, str(REPO / "tests_vllm" / "reference.py"), "generate", src, ref_out], check=True)
-    subprocess.run([args.vllm_python, __file__, "vllm-generate", src, vllm_out], check=True)
+    # Children's stdout goes to stderr: stdout holds only the summary lines.
+    reference = [sys.executable, str(REPO / "tests_vllm" / "reference.py"), "generate", src, ref_out]
+    subprocess.run(reference, check=True, stdout=sys.stderr)
+    subprocess.run([args.vllm_python, __file__, "vllm-generate", src, vllm_out], check=True, stdout=sys.stderr)
     tie_gap = args.tie_gap if args.tie_gap is not None else (0.01 if args.dtype == "float32" else 0.25)
     return compare_greedy(json.loads(ref_out.read_text()), json.loads(vllm_out.read_text()), tie_gap, args)
 
@@ -303,7 +305,7 @@ def check_features(args: argparse.Namespace, trained: tuple, work: Path) -> Line
     src.write_text(json.dumps([[[{"role": r, "content": c} for r, c in e.messages], e.response] for e in examples]))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, __file__, "cpu-features", checkpoint, src, dst, "--dim", str(args.dim)]
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=env, stdout=sys.stderr)
     cpu = np.load(dst)
     cos = {k: float(np.min(np.sum(here[k] * cpu[k], axis=1))) for k in here}
     diff = {k: float(np.max(np.abs(here[k] - cpu[k]))) for k in here}

@@ -115,6 +115,7 @@ def test_deepspeed_optimizer_is_recognised():
             full_moments(model, wrapper)
 
 
+@pytest.mark.slow
 def test_fsdp_moments_are_gathered_whole(tmp_path):
     """FSDP2 over gloo, 2 processes with half the batch each: the gathered moments equal one process's."""
     job = str(HERE / "fsdp_moments_job.py")

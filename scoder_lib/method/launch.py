@@ -66,7 +66,7 @@ def plan_launch(launcher: str) -> LaunchPlan:
     if not words:
         raise LaunchError("train.launcher is empty")
     prog, rest = words[0], words[1:]
-    if prog in PYTHONS or Path(prog).name in PYTHONS:
+    if prog in PYTHONS:  # a bare "python" is this interpreter; a path to another one is taken as given
         return LaunchPlan(launcher, [sys.executable, *rest], "-m", 1)
     if prog == "accelerate":
         if not rest or rest[0] != "launch":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
@@ -30,7 +31,9 @@ Sharding = Literal["none", "fsdp", "deepspeed"]
 def sharding(model: torch.nn.Module, optimizer: Any) -> Sharding:
     """How the optimizer state is laid out across ranks: whole on each ("none"), FSDP or DeepSpeed."""
     inner = optimizer
-    while inner is not None:  # accelerate and DeepSpeed wrap optimizers in optimizers
+    for _ in range(4):  # accelerate and DeepSpeed wrap optimizers in optimizers (a few levels)
+        if inner is None:
+            break
         if type(inner).__module__.split(".")[0] == "deepspeed":
             return "deepspeed"
         inner = getattr(inner, "optimizer", None)
@@ -55,29 +58,25 @@ def full_moments(model: torch.nn.Module, optimizer: Any) -> dict[str, torch.Tens
     layout = sharding(model, optimizer)
     if layout == "fsdp":
         tensors = _fsdp(model, optimizer)
-        if not tensors:  # not rank 0
-            return tensors
+        if not tensors and dist.is_initialized() and dist.get_rank() != 0:
+            return tensors  # FSDP hands the full state to rank 0 only
     elif layout == "deepspeed":
         tensors = _deepspeed(model)
     else:
         tensors = _local(model, optimizer)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    missing = [n for n in names if f"exp_avg.{_clean(n)}" not in tensors]
-    if missing and len(missing) == len(names):
+    # Counted, not matched by name: FSDP1 without use_orig_params shows flat parameters here.
+    trainable = sum(p.requires_grad for p in model.parameters())
+    found = sum(k.startswith("exp_avg.") for k in tensors)
+    if not found:
         raise ValueError(
-            f"no Adam moments for any of the {len(names)} trainable parameters (optimizer "
+            f"no Adam moments for any of the {trainable} trainable parameters (optimizer "
             f"{type(optimizer).__name__}, state layout {layout!r}): influence needs Adam(W) after a step"
         )
-    if missing:
-        log.warning("no Adam moments for %d of %d trainable parameters, e.g. %s", len(missing), len(names), missing[0])
+    if found < trainable:
+        log.warning(
+            "Adam moments for only %d of %d trainable parameters (no gradient reached the rest)", found, trainable
+        )
     return tensors
-
-
-def _clean(name: str) -> str:
-    """The parameter's name without FSDP1 / activation-checkpoint wrapper prefixes (as torch's FQNs)."""
-    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
-        name = name.replace(wrapper, "")
-    return name
 
 
 def _local(model: torch.nn.Module, optimizer: Any) -> dict[str, torch.Tensor]:
