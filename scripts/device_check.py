@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     work = Path(args.work or tempfile.mkdtemp(prefix="device-check-"))
+    work.mkdir(parents=True, exist_ok=True)
     lines = run_checks(args, work)
     summary = "\n".join(map(str, lines))
     (work / "summary.txt").write_text(summary + "\n")
@@ -210,9 +211,12 @@ def vllm_generate(src: Path, dst: Path) -> int:
         prompts = [TokensPrompt(prompt_token_ids=backend.encode(r)) for r in requests]
         params = [backend.sampling_params(r, 0) for r in requests]
         outs = backend.llm.generate(prompts, params, use_tqdm=False)
-        rows = [
-            {"prompt_ids": backend.encode(r), "token_ids": list(o.outputs[0].token_ids)} for r, o in zip(requests, outs)
-        ]
+        rows = []
+        for r, o in zip(requests, outs):
+            ids = list(o.outputs[0].token_ids)
+            if o.outputs[0].finish_reason == "stop" and ids and ids[-1] in backend.eos:
+                ids = ids[:-1]  # vLLM keeps the EOS it stopped on; the transformers backend does not (as _completion)
+            rows.append({"prompt_ids": backend.encode(r), "token_ids": ids})
         dst.write_text(json.dumps({"platform": current_platform.device_name, "outputs": rows}))
     finally:
         backend.close()
