@@ -1,6 +1,7 @@
 """The GPU path in one prepared check (scripts/device_check.sh sets up the venvs and runs this).
 
     python scripts/device_check.py [--device cuda|cpu] [--model NAME] [--vllm-python PATH] [--work DIR]
+                                   [--checks greedy,train,features] [--dtype bfloat16] [--eager]
 
 Three checks, one summary line each (PASS / FAIL / SKIP with its numbers); exit code 0 when none
 fails, 1 when one does, 2 when asked for a GPU on a machine without one (one line, at once):
