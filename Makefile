@@ -94,5 +94,6 @@ test-all: test test-slow  ## both suites
 venv-vllm:  ## create .venv-vllm with vLLM (CPU build here; see README for GPUs)
 	bash scripts/setup_vllm_venv.sh $(PYTHON) .venv-vllm
 
+# The tests compare against the main venv's transformers backend: SCODER_MAIN_PYTHON names it.
 test-vllm: venv model venv-vllm  ## vLLM backend vs transformers backend: same greedy outputs
-	.venv-vllm/bin/python -m pytest tests_vllm $(PYTEST_ARGS)
+	SCODER_MAIN_PYTHON=$(abspath $(PY)) .venv-vllm/bin/python -m pytest tests_vllm $(PYTEST_ARGS)

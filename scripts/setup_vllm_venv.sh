@@ -18,8 +18,9 @@ ROOT=$(dirname "$HERE")
 SELF="$HERE/$(basename "$0")"
 MARK="$VENV/.installed"
 
-if [[ -f "$MARK" && "$MARK" -nt "$SELF" ]]; then
-    echo "$VENV is up to date ($MARK is newer than $(basename "$SELF"))"
+# The marker holds the vLLM package it was made with: another one (vllm on a GPU machine) re-runs.
+if [[ -f "$MARK" && "$MARK" -nt "$SELF" && "$(cat "$MARK")" == "$VLLM_PACKAGE" ]]; then
+    echo "$VENV is up to date ($VLLM_PACKAGE; $MARK is newer than $(basename "$SELF"))"
     exit 0
 fi
 command -v "$PYTHON" >/dev/null || { echo "error: no Python at '$PYTHON' (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
@@ -56,5 +57,5 @@ import vllm, transformers, torch, scoder_lib.llm  # noqa: F401  - everything the
 print("vllm", vllm.__version__, "| torch", torch.__version__, "| transformers", transformers.__version__,
       "| peft", md.version("peft"))
 EOF
-touch "$MARK"
+echo "$VLLM_PACKAGE" > "$MARK"
 echo "set-up of $VENV took $((SECONDS - start)) s"

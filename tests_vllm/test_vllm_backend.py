@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.logs import get_logger
 from scoder_lib.llm.base import GenRequest, GenResult
 from scoder_lib.llm.generator import Generator
+from scoder_lib.llm.vllm_backend import cache_key
 
 from .conftest import GREEDY, MAX_NEW_TOKENS, reference_requests
 
@@ -37,11 +37,17 @@ def _vllm_trace(backend: Any, req: GenRequest) -> tuple[list[int], list[dict[int
     return list(comp.token_ids), [{t: lp.logprob for t, lp in pos.items()} for pos in comp.logprobs]
 
 
-def test_fingerprint_is_weights_and_dtype_and_not_shared(backend: Any, reference: dict[str, Any]) -> None:
+def test_fingerprint_is_weights_and_dtype_and_not_shared(
+    backend: Any, reference: dict[str, Any], tmp_path: Any
+) -> None:
+    """Keyed by the weights the main venv identifies (and the dtype); a cache file of its own."""
     assert backend.name == "vllm"
-    assert backend.fingerprint == fingerprint({"weights": reference["weights"], "dtype": "float32"})
-    # Same key material as the transformers backend; the Generator's file name keeps them apart.
-    assert backend.fingerprint == reference["fingerprint"]
+    assert backend.fingerprint == cache_key(reference["weights"], "float32")
+    assert backend.fingerprint != cache_key(reference["weights"], "bfloat16")
+    # Both file names as the code makes them (the transformers one by the main venv's Generator):
+    # vLLM's outputs must never be served to a transformers run, or the other way round.
+    assert Generator(backend, tmp_path).store.path.name != reference["cache_file"]
+    assert reference["cache_file"].startswith("transformers-")
 
 
 def test_prompt_tokens_match(backend: Any, reference: dict[str, Any], greedy: list[GenResult]) -> None:

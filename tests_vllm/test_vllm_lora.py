@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from scoder_lib.core.config import ModelSpec, VllmOptions
-from scoder_lib.core.hashing import fingerprint
 from scoder_lib.llm.base import GenRequest
+from scoder_lib.llm.generator import Generator
 from scoder_lib.llm.models import models_dir, prepare
-from scoder_lib.llm.vllm_backend import VllmBackend, merged_checkpoint
+from scoder_lib.llm.vllm_backend import VllmBackend, cache_key, merged_checkpoint
 
 from .conftest import CHAT, GREEDY, MODEL_DIR, main_venv, run_reference
 
@@ -38,8 +38,9 @@ def lora(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     }
 
 
-def _run(lora: dict[str, Any], as_adapter: bool) -> tuple[str, list[list[str]]]:
-    """(fingerprint, texts) of a fresh engine on the LoRA checkpoint; the engine is closed after."""
+def _run(lora: dict[str, Any], as_adapter: bool) -> tuple[str, list[list[str]], str]:
+    """(fingerprint, texts, generation cache file name) of a fresh engine on the LoRA checkpoint;
+    the engine is closed after."""
     spec = ModelSpec(
         name=str(lora["adapter"]),
         backend="vllm",
@@ -50,7 +51,8 @@ def _run(lora: dict[str, Any], as_adapter: bool) -> tuple[str, list[list[str]]]:
     assert ref.base == str(MODEL_DIR)
     backend = VllmBackend(ref, spec, cache_dir=lora["cache"])
     try:
-        return backend.fingerprint, [r.texts for r in backend.generate(REQUESTS)]
+        cache_file = Generator(backend, lora["cache"]).store.path.name
+        return backend.fingerprint, [r.texts for r in backend.generate(REQUESTS)], cache_file
     finally:
         backend.close()
 
@@ -68,8 +70,11 @@ def test_adapter_changes_outputs(lora: dict[str, Any], reference: dict[str, Any]
 
 
 def test_lora_merged_matches_transformers(lora: dict[str, Any]) -> None:
-    fp, texts = _run(lora, as_adapter=False)
-    assert fp == lora["reference"]["fingerprint"]
+    fp, texts, cache_file = _run(lora, as_adapter=False)
+    assert fp == cache_key(
+        lora["reference"]["weights"], "float32"
+    )  # the checkpoint's weights, as the main venv has them
+    assert cache_file != lora["reference"]["cache_file"]  # not the transformers backend's cache
     assert texts == _texts(lora["reference"])
     merged = list(models_dir(Path(lora["cache"])).glob("merged-*"))
     assert [m.name for m in merged] == [f"merged-{lora['reference']['weights']}"]
@@ -80,7 +85,9 @@ def test_lora_merged_matches_transformers(lora: dict[str, Any]) -> None:
 
 
 def test_lora_adapter_matches_transformers(lora: dict[str, Any]) -> None:
-    fp, texts = _run(lora, as_adapter=True)
-    assert fp == fingerprint({"weights": lora["reference"]["weights"], "dtype": "float32", "lora": "adapter"})
-    assert fp != lora["reference"]["fingerprint"]
+    fp, texts, cache_file = _run(lora, as_adapter=True)
+    assert fp == cache_key(lora["reference"]["weights"], "float32", adapter=True)
+    # Adapter serving rounds differently from the merged weights: its own cache, apart from both.
+    assert fp != cache_key(lora["reference"]["weights"], "float32")
+    assert cache_file != lora["reference"]["cache_file"]
     assert texts == _texts(lora["reference"])

@@ -91,6 +91,8 @@ class TrainOptions(Section):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
+    # Per process: one optimizer step sees batch_size x grad_accum x processes examples (the global
+    # batch); 2 processes x 2 train as 1 process x 4 does, on the same batches in the same order.
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 1024
@@ -104,6 +106,8 @@ class TrainOptions(Section):
     extra_args: dict[str, Any] = {}
     # Run training in a subprocess under this launcher, e.g. "accelerate launch --num_processes 8
     # --config_file configs/zero2.yaml": the notebook then drives a multi-GPU (or multi-node) job.
+    # accelerate, torchrun and deepspeed run from this interpreter (no PATH look-up); on CPUs,
+    # "accelerate launch --num_processes 2 --cpu" is DDP over gloo (see scoder_lib.method.launch).
     launcher: str | None = None
 
 

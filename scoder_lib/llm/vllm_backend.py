@@ -56,9 +56,7 @@ class VllmBackend(Backend):
             model, self.lora = ref.base, LoRARequest("adapter", 1, ref.path)
         elif ref.base:
             model = str(merged_checkpoint(ref, models_dir(Path(cache_dir or DEFAULT_CACHE_DIR))))
-        # Adapter serving rounds differently from merged weights: give it its own cache key.
-        extra = {"lora": "adapter"} if self.lora else {}
-        self.fingerprint = fingerprint({"weights": ref.fingerprint, "dtype": spec.dtype, **extra})
+        self.fingerprint = cache_key(ref.fingerprint, spec.dtype, adapter=self.lora is not None)
         revision = None if ref.is_local else spec.revision  # a hub id's pinned revision
         self.llm = LLM(**engine_args(model, _tokenizer_source(ref), spec, self.lora is not None, revision))
         # The transformers backend's tokenizer, loaded the same way (not vLLM's wrapper of it).
@@ -149,6 +147,12 @@ def engine_args(model: str, tokenizer: str, spec: ModelSpec, lora: bool, revisio
     if current_platform.is_cpu():
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB << 30
     return args
+
+
+def cache_key(weights: str, dtype: str, adapter: bool = False) -> str:
+    """The backend's fingerprint: the weights (a merged LoRA has its checkpoint's) and the dtype."""
+    # Adapter serving rounds differently from merged weights: it gets its own key.
+    return fingerprint({"weights": weights, "dtype": dtype, **({"lora": "adapter"} if adapter else {})})
 
 
 def merged_checkpoint(ref: ModelRef, folder: Path) -> Path:

@@ -4,21 +4,23 @@ Loss on response tokens only; LoRA (peft) or full fine-tuning; M checkpoints eve
 training, each with the Adam moments of every trainable parameter keyed by name and its average
 learning rate (what optimizer-aware influence needs). Built on Trainer, so it scales without code
 changes: set `train.launcher` (e.g. "accelerate launch --num_processes 8 --config_file ds.yaml")
-and `sft` runs this module's CLI under that launcher, with `train.extra_args` going to
-TrainingArguments (deepspeed, fsdp, bf16 ...):
+and `sft` runs this module's CLI under that launcher (see `launch`), with `train.extra_args` going
+to TrainingArguments (deepspeed, fsdp, bf16 ...):
 
-    accelerate launch ... -m scoder_lib.method.train --job JOB.json
+    python -m accelerate.commands.launch ... -m scoder_lib.method.train --job JOB.json
+
+Under N processes `batch_size` is per process: one optimizer step sees a global batch of
+batch_size x grad_accum x N examples, the N per-process batches being consecutive batches of the
+one seeded order (so 2 processes x 2 see what 1 process x 4 sees, step by step). The logged loss
+is the global batch's (token-weighted mean over all processes). Rank 0 alone writes checkpoints,
+moments and the _TRAINED.json marker; every rank logs the examples it trained on (`data_order`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +29,31 @@ from typing import Any
 import datasets
 import torch
 import transformers
+from accelerate.utils import get_int_from_env
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
-from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedTokenizerBase
 
 from scoder_lib.core.config import TrainOptions
 from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.io import read_json, write_json
-from scoder_lib.core.logs import Progress, get_logger, setup_logging
+from scoder_lib.core.logs import get_logger, setup_logging
+from scoder_lib.method.checkpoints import Checkpoints, save_points
+from scoder_lib.method.launch import LaunchError, LaunchPlan, plan_launch, run_launched
+from scoder_lib.method.moments import load_moments, save_moments
+
+# load_moments, save_moments, save_points: re-exported (their home moved; callers import them from here)
+__all__ = [
+    "DONE",
+    "IGNORE",
+    "Example",
+    "TrainResult",
+    "data_order",
+    "encode",
+    "load_moments",
+    "save_moments",
+    "save_points",
+    "sft",
+]
 
 log = get_logger(__name__)
 IGNORE = -100
@@ -59,6 +78,7 @@ class TrainResult:
     steps: int
     skipped: int  # examples that did not fit max_seq_len (see TrainOptions.long_examples)
     wall_s: float
+    world_size: int = 1  # data-parallel processes that trained
 
     @property
     def final(self) -> Path:
@@ -80,12 +100,6 @@ def encode(
     ids = (prompt + response)[:max_len]
     labels = ([IGNORE] * len(prompt) + response)[:max_len]
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
-
-
-def save_points(total_steps: int, m: int) -> list[int]:
-    """M checkpoint steps spread evenly over training, the last at the final step."""
-    m = max(1, min(m, total_steps))
-    return sorted({max(1, round(k * total_steps / m)) for k in range(1, m + 1)})
 
 
 def _build_model(base: str, opts: TrainOptions, adapter: str | None) -> Any:
@@ -116,51 +130,73 @@ def sft(
 ) -> TrainResult:
     """Train (or reuse, if `out` already holds this exact run) and return its checkpoints."""
 
-    key = fingerprint(
-        {
-            "base": base_fingerprint,
-            "adapter": adapter and str(adapter),
-            "opts": opts.model_dump(exclude={"launcher"}),
-            "data": fingerprint([[list(e.messages), e.response] for e in examples]),
-        }
-    )
+    plan = plan_launch(opts.launcher) if opts.launcher else None
+    material = {
+        "base": base_fingerprint,
+        "adapter": adapter and str(adapter),
+        "opts": opts.model_dump(exclude={"launcher"}),
+        "data": fingerprint([[list(e.messages), e.response] for e in examples]),
+    }
+    # The global batch grows with the processes, so their number is part of the run (one process
+    # keeps the key it always had; a launcher that does not say how many is keyed by its text).
+    processes = 1 if plan is None else plan.processes or plan.launcher
+    if processes != 1:
+        material["processes"] = processes
+    key = fingerprint(material)
     done = out / DONE
     if done.exists() and read_json(done)["key"] == key:
         log.info("training in %s already done: reusing", out)
         return _result(out)
     if out.exists() and done.exists():
         shutil.rmtree(out)  # a different run trained here before
-    if opts.launcher:
-        return _launch(examples, base, out, opts, base_fingerprint, adapter)
+    if plan is not None:
+        return _launch(plan, examples, base, out, opts, key, adapter)
+    return _train(examples, base, out, opts, key, adapter)
+
+
+def _train(
+    examples: list[Example], base: str, out: Path, opts: TrainOptions, key: str, adapter: str | None
+) -> TrainResult:
+    """Train in this process: alone, or as one rank of a launched data-parallel job."""
     start = time.monotonic()
     trainer, n_skipped, points = _trainer(examples, base, out, opts, adapter)
     resume = _latest_hf_checkpoint(out)
     if resume:
         log.info("resuming interrupted training from %s", resume.name)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    for hf in out.glob("checkpoint-*"):
-        shutil.rmtree(hf)  # resume state; our ckpt-* folders keep what later stages need
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    if not trainer.is_world_process_zero():
-        return _result(out)
-    write_json(
-        done,
-        {
-            "key": key,
-            "steps": trainer.state.global_step,
-            "save_points": points,
-            "losses": losses,
-            "skipped": n_skipped,
-            "wall_s": round(time.monotonic() - start, 1),
-        },
-    )
+    rank, world = trainer.args.process_index, trainer.args.world_size
+    write_json(out / "ranks" / f"rank-{rank}.json", {"rank": rank, "world_size": world, "batches": trainer.seen})
+    trainer.accelerator.wait_for_everyone()  # no rank still writes into checkpoint-* when rank 0 removes them
+    if trainer.is_world_process_zero():
+        for hf in out.glob("checkpoint-*"):
+            shutil.rmtree(hf)  # resume state; our ckpt-* folders keep what later stages need
+        write_json(
+            out / DONE,
+            {
+                "key": key,
+                "steps": trainer.state.global_step,
+                "save_points": points,
+                "losses": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+                "skipped": n_skipped,
+                "world_size": world,
+                "wall_s": round(time.monotonic() - start, 1),
+            },
+        )
+    trainer.accelerator.wait_for_everyone()  # the marker exists before any rank reads it
     return _result(out)
 
 
 def _result(out: Path) -> TrainResult:
     meta = read_json(out / DONE)
     ckpts = [out / f"ckpt-{s}" for s in meta["save_points"]]
-    return TrainResult(out, ckpts, [tuple(x) for x in meta["losses"]], meta["steps"], meta["skipped"], meta["wall_s"])
+    losses = [tuple(x) for x in meta["losses"]]
+    return TrainResult(out, ckpts, losses, meta["steps"], meta["skipped"], meta["wall_s"], meta.get("world_size", 1))
+
+
+def data_order(folder: Path) -> dict[int, list[list[int]]]:
+    """For each rank of a finished training: the batches it trained on, as indices into sft's `examples`."""
+    world = read_json(folder / DONE).get("world_size", 1)
+    return {r: read_json(folder / "ranks" / f"rank-{r}.json")["batches"] for r in range(world)}
 
 
 def _latest_hf_checkpoint(out: Path) -> Path | None:
@@ -174,10 +210,12 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     truncate = opts.long_examples == "truncate"
-    rows = [r for r in (encode(tok, e, opts.max_seq_len, truncate) for e in examples) if r is not None]
+    encoded = [encode(tok, e, opts.max_seq_len, truncate) for e in examples]
+    rows = [{**r, "row": i} for i, r in enumerate(encoded) if r is not None]
     if not rows:
         raise ValueError(f"no training example fits max_seq_len={opts.max_seq_len}")
-    per_step = opts.batch_size * opts.grad_accum
+    world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    per_step = opts.batch_size * opts.grad_accum * world  # the global batch
     total = opts.max_steps or max(1, math.ceil(len(rows) / per_step * opts.epochs))
     points = save_points(total, opts.num_checkpoints)
     if len(points) < opts.num_checkpoints:  # the next stage samples from fewer checkpoints (M) than asked
@@ -187,7 +225,41 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
             len(points),
             opts.num_checkpoints,
         )
-    args = transformers.TrainingArguments(
+    args = _arguments(out, opts, total)
+    if args.world_size != world:
+        raise RuntimeError(
+            f"started as {world} processes, but the Trainer runs as {args.world_size}: each process would "
+            f"train alone on all the data (no process group over them; on CPUs it needs use_cpu)"
+        )
+    transformers.set_seed(opts.seed)  # LoRA's random init must not depend on what ran before
+    model = _build_model(base, opts, adapter)
+    checkpoints = Checkpoints(points, out, tok)
+    trainer = _Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=_Collate(tok),
+        callbacks=[checkpoints],
+    )
+    checkpoints.trainer = trainer
+    trainer.remove_callback(transformers.PrinterCallback)  # raw dict prints; we log progress lines
+    trainer.remove_callback(transformers.ProgressCallback)
+    (log.info if args.process_index == 0 else log.debug)(
+        "training on %d examples (%d skipped: longer than max_seq_len), %d steps of %d x %d x %d process(es), "
+        "checkpoints at %s",
+        len(rows),
+        len(examples) - len(rows),
+        total,
+        opts.batch_size,
+        opts.grad_accum,
+        world,
+        points,
+    )
+    return trainer, len(examples) - len(rows), points
+
+
+def _arguments(out: Path, opts: TrainOptions, total: int) -> transformers.TrainingArguments:
+    return transformers.TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum,
@@ -205,102 +277,35 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=_cuda(),
-        **opts.extra_args,
+        # LoRA and full fine-tuning give every trainable weight a gradient: DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
+        # Why: without a GPU, processes started by a launcher form a process group only with use_cpu.
+        **{"use_cpu": not _cuda(), **opts.extra_args},
     )
-    transformers.set_seed(opts.seed)  # LoRA's random init must not depend on what ran before
-    model = _build_model(base, opts, adapter)
-    trainer = transformers.Trainer(
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        data_collator=transformers.DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE),
-        callbacks=[_Checkpoints(points, out, tok)],
-    )
-    trainer.remove_callback(transformers.PrinterCallback)  # raw dict prints; we log progress lines
-    trainer.remove_callback(transformers.ProgressCallback)
-    log.info(
-        "training on %d examples (%d skipped: longer than max_seq_len), %d steps, checkpoints at %s",
-        len(rows),
-        len(examples) - len(rows),
-        total,
-        points,
-    )
-    return trainer, len(examples) - len(rows), points
 
 
-class _Checkpoints(TrainerCallback):
-    """Trainer callback: save M checkpoints with Adam moments keyed by parameter name."""
+class _Collate:
+    """DataCollatorForSeq2Seq, with each example's index passed along as `row` (recorded, not fed to the model)."""
 
-    def __init__(self, points: list[int], out: Path, tok: PreTrainedTokenizerBase):
-        self.points, self.out, self.tok = sorted(points), out, tok
-        self.progress: Progress | None = None
+    def __init__(self, tok: PreTrainedTokenizerBase):
+        self.inner = transformers.DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE)
 
-    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-        self.progress = Progress(state.max_steps - state.global_step, "training", unit="steps", every_s=30)
-
-    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
-        if logs and "loss" in logs and self.progress is not None:
-            self.progress.desc = f"training (loss {float(logs['loss']):.3f})"
-
-    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-        if self.progress is not None:
-            self.progress.update()
-        if state.global_step in self.points:
-            control.should_save = True  # also writes HF's resumable checkpoint-<step>
-        return control
-
-    def on_save(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
-        if not state.is_world_process_zero:
-            return control
-        step = state.global_step
-        folder = self.out / f"ckpt-{step}"
-        model.save_pretrained(folder)
-        self.tok.save_pretrained(folder)
-        save_moments(model, optimizer, folder / "moments.safetensors")
-        # LESS weighs each checkpoint by the mean learning rate since the previous one; read from
-        # the log history (restored on resume), not from callback state (lost on interruption).
-        prev = max([p for p in self.points if p < step], default=0)
-        window = [
-            h["learning_rate"] for h in state.log_history if "learning_rate" in h and prev < h["step"] <= step
-        ] or [0.0]
-        write_json(
-            folder / "meta.json",
-            {
-                "step": step,
-                "avg_lr": sum(window) / len(window),
-                "betas": list(optimizer.param_groups[0]["betas"]),
-                "eps": optimizer.param_groups[0]["eps"],
-            },
-        )
-        return control
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner([{k: v for k, v in f.items() if k != "row"} for f in features])
+        batch["row"] = torch.tensor([f["row"] for f in features])
+        return batch
 
 
-def save_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """exp_avg.<name> / exp_avg_sq.<name> for every trainable parameter (and the Adam step).
+class _Trainer(transformers.Trainer):
+    """Trainer that records which examples each of this rank's micro-batches held (`seen`)."""
 
-    Plain torch optimizers only: under DeepSpeed ZeRO the states are sharded and would need
-    deepspeed.utils.safe_get_full_optimizer_state first.
-    """
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.seen: list[list[int]] = []
 
-    tensors = {}
-    for name, p in model.named_parameters():
-        state = optimizer.state.get(p, {})
-        if p.requires_grad and "exp_avg" in state:
-            tensors[f"exp_avg.{name}"] = state["exp_avg"].detach().cpu().contiguous()
-            tensors[f"exp_avg_sq.{name}"] = state["exp_avg_sq"].detach().cpu().contiguous()
-            tensors.setdefault("step", torch.tensor(float(state.get("step", 0))))
-    save_file(tensors, str(path))
-
-
-def load_moments(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(exp_avg by name, exp_avg_sq by name, meta) of a checkpoint."""
-
-    t = load_file(str(folder / "moments.safetensors"))
-    m = {k[len("exp_avg.") :]: v for k, v in t.items() if k.startswith("exp_avg.")}
-    v = {k[len("exp_avg_sq.") :]: v for k, v in t.items() if k.startswith("exp_avg_sq.")}
-    meta = json.loads((folder / "meta.json").read_text())
-    meta["adam_step"] = float(t["step"]) if "step" in t else meta["step"]
-    return m, v, meta
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> torch.Tensor:
+        self.seen.append(inputs.pop("row").tolist())
+        return super().training_step(model, inputs, *args, **kw)
 
 
 def _cuda() -> bool:
@@ -310,9 +315,15 @@ def _cuda() -> bool:
 
 # ----------------------------------------------------------------------------- launcher / CLI
 def _launch(
-    examples: list[Example], base: str, out: Path, opts: TrainOptions, base_fingerprint: str, adapter: str | None
+    plan: LaunchPlan,
+    examples: list[Example],
+    base: str,
+    out: Path,
+    opts: TrainOptions,
+    key: str,
+    adapter: str | None,
 ) -> TrainResult:
-    """Run `sft` in a subprocess under `opts.launcher` (accelerate, torchrun, deepspeed)."""
+    """Run `_train` under the launcher (accelerate, torchrun, deepspeed); read its result when it returns."""
 
     out.mkdir(parents=True, exist_ok=True)
     job = out / "job.json"
@@ -322,17 +333,23 @@ def _launch(
             "examples": [[list(map(list, e.messages)), e.response] for e in examples],
             "base": base,
             "opts": opts.model_copy(update={"launcher": None}).model_dump(mode="json"),
-            "base_fingerprint": base_fingerprint,
+            "key": key,
             "adapter": adapter,
             "out": str(out),
         },
     )
-    cmd = [*shlex.split(opts.launcher or ""), "-m", "scoder_lib.method.train", "--job", str(job)]
-    if cmd[0] in ("python", "python3"):
-        cmd[0] = sys.executable
-    log.info("training under a launcher: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    return _result(out)
+    run_launched(plan, "scoder_lib.method.train", "--job", str(job))
+    done = out / DONE
+    if not done.exists() or read_json(done)["key"] != key:
+        raise LaunchError(f"training under {plan.launcher!r} exited 0 but did not mark {out} done")
+    result = _result(out)
+    if plan.processes is not None and result.world_size != plan.processes:
+        done.unlink()  # not the run that was asked for: never reuse it
+        raise LaunchError(
+            f"train.launcher {plan.launcher!r} asks for {plan.processes} processes, but training ran as "
+            f"{result.world_size}: not the data-parallel run configured"
+        )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,14 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job", required=True, help="job.json written by sft() when train.launcher is set")
     job = read_json(ap.parse_args(argv).job)
     examples = [Example(tuple(tuple(m) for m in msgs), resp) for msgs, resp in job["examples"]]
-    sft(
-        examples,
-        job["base"],
-        Path(job["out"]),
-        TrainOptions.model_validate(job["opts"]),
-        job["base_fingerprint"],
-        job["adapter"],
-    )
+    opts = TrainOptions.model_validate(job["opts"])
+    _train(examples, job["base"], Path(job["out"]), opts, job["key"], job["adapter"])
     return 0
 
 
