@@ -30,6 +30,9 @@ class VllmOptions(Section):
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     enforce_eager: bool = False
+    # torch.compile the model (None: on GPUs, not on CPUs, where compiling costs minutes per engine
+    # start that a small run never wins back).
+    compile: bool | None = None
     # Serve a LoRA checkpoint as an adapter instead of merging it into the base weights.
     lora_as_adapter: bool = False
     max_lora_rank: int = 64

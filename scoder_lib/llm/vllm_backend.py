@@ -53,15 +53,24 @@ class VllmBackend(Backend):
         self.lora: LoRARequest | None = None
         model = ref.path
         if ref.base and spec.vllm.lora_as_adapter:
-            model, self.lora = ref.base, LoRARequest("adapter", 1, ref.path)
+            # One engine for the base serves every adapter of it: the id names the adapter to vLLM.
+            model, self.lora = (
+                ref.base,
+                LoRARequest(f"adapter-{ref.fingerprint}", _adapter_id(ref.fingerprint), ref.path),
+            )
         elif ref.base:
             model = str(merged_checkpoint(ref, models_dir(Path(cache_dir or DEFAULT_CACHE_DIR))))
         self.fingerprint = cache_key(ref.fingerprint, spec.dtype, adapter=self.lora is not None)
         revision = None if ref.is_local else spec.revision  # a hub id's pinned revision
-        self.llm = LLM(**engine_args(model, _tokenizer_source(ref), spec, self.lora is not None, revision))
+        self.args = engine_args(model, _tokenizer_source(ref), spec, spec.vllm.lora_as_adapter, revision)
         # The transformers backend's tokenizer, loaded the same way (not vLLM's wrapper of it).
         self.tok = transformers.AutoTokenizer.from_pretrained(_tokenizer_source(ref))
         self.eos = _eos_ids(self.tok, self.llm.llm_engine.model_config)
+
+    @property
+    def llm(self) -> LLM:
+        """The process's engine for these arguments (started once, shared by every backend that fits)."""
+        return engine(self.args)
 
     # ------------------------------------------------------------------ encoding
     def encode(self, req: GenRequest) -> list[int]:
@@ -105,12 +114,8 @@ class VllmBackend(Backend):
         return results
 
     def close(self) -> None:
-        """Stop the engine's worker processes and free the model."""
-        llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-            gc.collect()
+        """Stop the engine's worker processes and free the model (a later call starts it again)."""
+        shutdown_engine()
 
     # ------------------------------------------------------------------ results
     def _completion(self, out: Any) -> Completion:
@@ -121,6 +126,36 @@ class VllmBackend(Backend):
         if out.finish_reason == "stop" and ids and ids[-1] in self.eos:
             ids = ids[:-1]
         return Completion(out.text, out.finish_reason, len(ids))
+
+
+_ENGINE: dict[str, LLM] = {}  # at most one live engine per process: its arguments' key -> engine
+
+
+def engine(args: dict[str, Any]) -> LLM:
+    """The engine for `args`, started once per process and reused by every backend that asks for it.
+
+    Why: starting an engine costs a minute or more (on CPUs), and a stage asks for several models:
+    M checkpoints, the yardstick, every arm. With `lora_as_adapter` all of them are adapters of one
+    base, so one engine serves the whole stage. Another base stops the current engine first (memory).
+    """
+    key = fingerprint(args)
+    if key not in _ENGINE:
+        shutdown_engine()
+        log.info("starting a vLLM engine for %s", args["model"])
+        _ENGINE[key] = LLM(**args)
+    return _ENGINE[key]
+
+
+def shutdown_engine() -> None:
+    """Stop the live engine, if any."""
+    for llm in _ENGINE.values():
+        llm.llm_engine.engine_core.shutdown()
+    _ENGINE.clear()
+    gc.collect()
+
+
+def _adapter_id(weights: str) -> int:
+    return int(weights[:7], 16) + 1  # vLLM's adapter ids are positive ints; stable for the same weights
 
 
 def engine_args(model: str, tokenizer: str, spec: ModelSpec, lora: bool, revision: str | None = None) -> dict[str, Any]:
@@ -144,8 +179,11 @@ def engine_args(model: str, tokenizer: str, spec: ModelSpec, lora: bool, revisio
     )
     if lora:
         args.update(enable_lora=True, max_lora_rank=opts.max_lora_rank, max_loras=1)
+        args["max_cpu_loras"] = 8  # adapters kept loaded between calls (M checkpoints, the arms)
     if current_platform.is_cpu():
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB << 30
+    if not (opts.compile if opts.compile is not None else not current_platform.is_cpu()):
+        args["compilation_config"] = {"mode": 0}  # CompilationMode.NONE: eager PyTorch
     return args
 
 

@@ -3,19 +3,22 @@
 Why: vLLM's CPU build pins its own transformers and torch, so it lives in a venv of its own
 (`make venv-vllm`). With `python: .venv-vllm/bin/python` on a model spec, the pipeline (notebooks,
 training, rating) stays in the project's venv and only generation runs in the worker, which imports
-this same checkout. The worker reports its backend's name and fingerprint, so cached outputs are
-the same whether a backend ran in-process or in a worker.
+this same checkout. One worker per interpreter serves every model a process asks for (so an engine
+started once is reused: see `vllm_backend.engine`). The worker reports its backends' names and
+fingerprints, so cached outputs are the same whether a backend ran in-process or in a worker.
 
-The worker's side is `llm.worker_main` (started by WorkerBackend; core.wire on stdin/stdout).
+The worker's side is `llm.worker_main` (core.wire messages on stdin/stdout).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +30,7 @@ from scoder_lib.core.wire import read_msg, write_msg
 from scoder_lib.llm.base import Backend, GenRequest, GenResult
 
 log = get_logger(__name__)
-START_TIMEOUT_S = 900.0  # loading an engine (vLLM on a CPU) can take minutes
+START_TIMEOUT_S = 1800.0  # loading an engine (vLLM on a loaded CPU) can take minutes
 REQUEST_TIMEOUT_S = 24 * 3600.0
 
 
@@ -42,12 +45,12 @@ def resolve_python(python: str) -> str:
     return str(path)
 
 
-class WorkerBackend(Backend):
-    """`spec`'s backend, run by `python -m scoder_lib.llm.worker_main` under `spec.python`."""
+class _Worker:
+    """One worker process (per interpreter) and the calls to it, one at a time."""
 
-    def __init__(self, spec: ModelSpec, cache_dir: Path, model_path: str | None = None):
-        python = resolve_python(spec.python or sys.executable)
+    def __init__(self, python: str):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.python = python
         self.proc = subprocess.Popen(
             [python, "-m", "scoder_lib.llm.worker_main"],
             stdin=subprocess.PIPE,
@@ -55,32 +58,76 @@ class WorkerBackend(Backend):
             env=env,
             cwd=REPO_ROOT,
         )
-        atexit.register(self.close)
-        inner = spec.model_copy(update={"python": None})
-        hello = self._call(
-            {"init": {"spec": inner.model_dump(mode="json"), "cache_dir": str(cache_dir), "model_path": model_path}},
-            START_TIMEOUT_S,
-        )
-        self.name, self.fingerprint, self.chunk_size = hello["name"], hello["fingerprint"], hello["chunk_size"]
-        log.info("%s backend in a worker (%s), fingerprint %s", self.name, python, self.fingerprint)
+        self.lock = threading.Lock()
+        self.handles = itertools.count(1)
 
-    def _call(self, msg: dict[str, Any], timeout_s: float) -> Any:
+    def call(self, msg: dict[str, Any], timeout_s: float) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        write_msg(self.proc.stdin.fileno(), msg)
-        reply = read_msg(self.proc.stdout.fileno(), time.monotonic() + timeout_s)
+        with self.lock:
+            write_msg(self.proc.stdin.fileno(), msg)
+            reply = read_msg(self.proc.stdout.fileno(), time.monotonic() + timeout_s)
         if reply is None:
-            raise RuntimeError(f"model worker exited (code {self.proc.wait()}); its log is above")
+            raise RuntimeError(f"model worker ({self.python}) exited with code {self.proc.wait()}; its log is above")
         if "error" in reply:
             raise RuntimeError(f"model worker failed: {reply['error']}")
         return reply["ok"]
 
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                self.call({"exit": True}, 120.0)
+            self.proc.kill()
+        self.proc.wait()
+
+
+_WORKERS: dict[str, _Worker] = {}
+
+
+def _worker(python: str) -> _Worker:
+    w = _WORKERS.get(python)
+    if w is None or w.proc.poll() is not None:
+        w = _WORKERS[python] = _Worker(python)
+    return w
+
+
+@atexit.register
+def stop_workers() -> None:
+    """Stop every worker of this process (also at interpreter exit)."""
+    for w in list(_WORKERS.values()):
+        w.stop()
+    _WORKERS.clear()
+
+
+class WorkerBackend(Backend):
+    """`spec`'s backend, built and run by the worker of `spec.python`."""
+
+    def __init__(self, spec: ModelSpec, cache_dir: Path, model_path: str | None = None):
+        self.worker = _worker(resolve_python(spec.python or sys.executable))
+        self.handle = next(self.worker.handles)
+        inner = spec.model_copy(update={"python": None})
+        hello = self.worker.call(
+            {
+                "init": {
+                    "handle": self.handle,
+                    "spec": inner.model_dump(mode="json"),
+                    "cache_dir": str(cache_dir),
+                    "model_path": model_path,
+                }
+            },
+            START_TIMEOUT_S,
+        )
+        self.name, self.fingerprint, self.chunk_size = hello["name"], hello["fingerprint"], hello["chunk_size"]
+        log.info("%s backend in a worker (%s), fingerprint %s", self.name, self.worker.python, self.fingerprint)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.worker.proc
+
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        out = self._call({"generate": [asdict(r) for r in requests]}, REQUEST_TIMEOUT_S)
+        out = self.worker.call({"generate": [asdict(r) for r in requests], "handle": self.handle}, REQUEST_TIMEOUT_S)
         return [GenResult.from_json(r) for r in out]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-                self._call({"close": True}, 60.0)
-            self.proc.kill()
-        self.proc.wait()
+        """Release this model in the worker (its engine too); the worker itself stays for the next model."""
+        if self.worker.proc.poll() is None:
+            self.worker.call({"close": self.handle}, 600.0)

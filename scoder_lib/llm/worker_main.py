@@ -1,6 +1,6 @@
-"""The model worker's side: build a backend in this interpreter, answer generate requests over a pipe.
+"""The model worker's side: build backends in this interpreter, answer generate requests over a pipe.
 
-python -m scoder_lib.llm.worker_main      (started by `llm.worker.WorkerBackend`)
+python -m scoder_lib.llm.worker_main      (started by `llm.worker`; one per interpreter and process)
 """
 
 from __future__ import annotations
@@ -20,34 +20,34 @@ def _request(d: dict[str, Any]) -> GenRequest:
     return GenRequest(**{**d, "messages": tuple(tuple(m) for m in d["messages"]), "stop": tuple(d["stop"])})
 
 
+def _answer(msg: dict[str, Any], backends: dict[int, Backend]) -> Any:
+    if "init" in msg:
+        init = msg["init"]
+        b = make_backend(ModelSpec.model_validate(init["spec"]), Path(init["cache_dir"]), init["model_path"])
+        backends[init["handle"]] = b
+        return {"name": b.name, "fingerprint": b.fingerprint, "chunk_size": b.chunk_size}
+    if "generate" in msg:
+        return [r.to_json() for r in backends[msg["handle"]].generate([_request(d) for d in msg["generate"]])]
+    if "close" in msg:
+        backends.pop(msg["close"]).close()
+        return True
+    raise ValueError(f"unknown message {sorted(msg)}")
+
+
 def serve() -> None:
-    """The worker's loop: build the backend, then answer generate requests until close or end of input."""
+    """Answer messages until `exit` or the end of input; a failure is reported, never fatal."""
     setup_logging()
     inp, out = os.dup(0), os.dup(1)
     os.dup2(2, 1)  # library prints go to stderr, never into the protocol
-    backend: Backend | None = None
-    while (msg := read_msg(inp)) is not None:
+    backends: dict[int, Backend] = {}
+    while (msg := read_msg(inp)) is not None and "exit" not in msg:
         try:
-            if "init" in msg:
-                init = msg["init"]
-                backend = make_backend(
-                    ModelSpec.model_validate(init["spec"]), Path(init["cache_dir"]), init["model_path"]
-                )
-                reply: Any = {
-                    "name": backend.name,
-                    "fingerprint": backend.fingerprint,
-                    "chunk_size": backend.chunk_size,
-                }
-            elif "generate" in msg and backend is not None:
-                reply = [r.to_json() for r in backend.generate([_request(d) for d in msg["generate"]])]
-            else:
-                if backend is not None:
-                    backend.close()
-                write_msg(out, {"ok": True})
-                return
-            write_msg(out, {"ok": reply})
+            write_msg(out, {"ok": _answer(msg, backends)})
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
             write_msg(out, {"error": f"{type(exc).__name__}: {exc}"})
+    for b in backends.values():
+        b.close()
+    write_msg(out, {"ok": True})
 
 
 if __name__ == "__main__":
