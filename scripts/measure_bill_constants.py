@@ -10,6 +10,7 @@ What it measures, with SmolLM2-135M-Instruct and the committed seed set:
   gradients  per-sample gradient features (samples/s, tokens/s) at a checkpoint of that training, and the
              projection's block generation (ns per parameter x dimension)
   rate       seconds per candidate of the digit rater (Z=5 aspects, shared prefix)
+  weights    the aspect-weight fit's cost per gradient step (numpy)
   sandbox    programs/s of the sandbox (2 workers, the seed set's own tests)
   overhead   importing the heavy stack and loading the model
 
@@ -34,13 +35,22 @@ from typing import Any
 import scoder_lib  # noqa: F401  (OMP_WAIT_POLICY before torch)
 
 T0 = time.process_time()
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402, F401
 from peft import PeftModel  # noqa: E402, F401
 
 IMPORT_CPU_S = time.process_time() - T0
 
-from scoder_lib.core.config import REPO_ROOT, InfluenceOptions, LoraOptions, ModelSpec, Sampling, TrainOptions  # noqa: E402
+from scoder_lib.core.config import (  # noqa: E402
+    REPO_ROOT,
+    AspectWeights,
+    InfluenceOptions,
+    LoraOptions,
+    ModelSpec,
+    Sampling,
+    TrainOptions,
+)
 from scoder_lib.llm.base import GenRequest  # noqa: E402
 from scoder_lib.llm.models import prepare  # noqa: E402
 from scoder_lib.llm.transformers_backend import TransformersBackend  # noqa: E402
@@ -50,11 +60,13 @@ from scoder_lib.method.influence.projection import Projector  # noqa: E402
 from scoder_lib.method.rating import Rater  # noqa: E402
 from scoder_lib.method.synthesis import messages  # noqa: E402
 from scoder_lib.method.train import encode, sft  # noqa: E402
+from scoder_lib.method.weights import fit_aspect_weights  # noqa: E402
 from scoder_lib.sandbox.execution import run_many  # noqa: E402
 
 CACHE = REPO_ROOT / ".cache" / "scoder"
 MODEL = "smollm2-135m-instruct"
 THREADS = torch.get_num_threads()
+ASPECTS = ["clarity", "consistency", "correctness", "relevance", "difficulty"]
 # (batch size, prompts, max new tokens) of each generation measurement, and the other sizes.
 FULL = {
     "generate": ((1, 1, 96), (8, 8, 512), (16, 16, 256)),
@@ -65,7 +77,7 @@ FULL = {
     "rate": 3,
     "sandbox": 100,
 }
-PARTS = "tokens,sandbox,rate,train,gradients,generate"
+PARTS = "tokens,sandbox,rate,weights,train,gradients,generate"
 CHECK = {
     "generate": ((1, 1, 4), (2, 2, 8)),
     "fill_batch": 2,
@@ -192,13 +204,25 @@ def measure_gradients(ckpt: Path, rows: list[Any], tok: Any, n: int) -> dict[str
 
 def measure_rating(ref: Any, rows: list[Any], n: int) -> dict[str, Any]:
     rater = Rater(ref, ModelSpec(name=MODEL), None)
-    aspects = ["clarity", "consistency", "correctness", "relevance", "difficulty"]
+    aspects = ASPECTS
     pick = rows[: n + 1]
     rater.rate([scoring.rating_prompt(r.snippet, seed.response(r), aspects) for r in pick[:1]])  # warm-up
     rater.forward_tokens = 0
     prompts = [scoring.rating_prompt(r.snippet, seed.response(r), aspects) for r in pick[1:]]
     _, cpu, _ = timed(lambda: rater.rate(prompts))
     return {"s_per_candidate": cpu / len(prompts), "forward_tokens_per_candidate": rater.forward_tokens / len(prompts)}
+
+
+def measure_weight_fit() -> dict[str, float]:
+    """The aspect-weight fit (numpy, one thread) at 12 and 1,000 rows: per-step cost and its per-row part."""
+    rng = np.random.default_rng(0)
+    opts = AspectWeights(bootstrap=20, cv_folds=5, steps=3000)
+    per_step = {}
+    for rows in (6, 500):
+        x = rng.uniform(0, 9, (rows, 5)), rng.uniform(0, 9, (rows, 5))
+        _, cpu, _ = timed(lambda x=x: fit_aspect_weights(x[0], x[1], ASPECTS, opts, seed=0))
+        per_step[2 * rows] = cpu * THREADS / ((1 + opts.bootstrap + opts.cv_folds) * opts.steps)  # one thread
+    return {"step_s_12_rows": per_step[12], "step_s_per_row": (per_step[1000] - per_step[12]) / 988}
 
 
 def measure_sandbox(rows: list[Any], n: int) -> dict[str, float]:
@@ -235,6 +259,8 @@ def main() -> None:
         report["sandbox"] = measure_sandbox(rows, plan["sandbox"])
     if "rate" in only:
         report["rate"] = measure_rating(ref, rows, plan["rate"])
+    if "weights" in only:
+        report["weights"] = measure_weight_fit()
     if only & {"train", "gradients"}:
         with tempfile.TemporaryDirectory() as tmp:
             report["train"] = measure_training(ref.path, rows, tok, Path(tmp) / "sft", plan["train_steps"])

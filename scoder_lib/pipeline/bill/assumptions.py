@@ -17,12 +17,12 @@ class Assumptions:
     # ------------------------------------------------------------------ lengths
     # Models below this size count as "small": their outputs run long and few of them parse.
     small_model_params: float = 1e9
-    # Share of max_new_tokens a small model's synthesis output fills (base SmolLM2 loops on "[Question]").
-    small_synth_fill: float = 0.97
+    # Share of max_new_tokens a small base (untrained) synthesizer's sampled output fills.
+    small_base_synth_fill: float = 0.62
     # Share of max_new_tokens a small student's greedy benchmark answer fills.
-    small_bench_fill: float = 0.62
-    # A trained large synthesizer writes about as much as the teacher did (x this factor).
-    large_synth_len_factor: float = 1.0
+    small_bench_fill: float = 0.39
+    # A trained synthesizer (and a large base one) writes about as much as the teacher did (x this factor).
+    synth_len_factor: float = 1.0
     # Tokens of a large student's greedy benchmark answer (a fenced function; stops at the closing fence).
     large_bench_answer_tokens: float = 200.0
     # Prompt tokens of a BigCodeBench task (not on disk here; its docstrings are long).
@@ -59,11 +59,11 @@ class Assumptions:
 
 
 DOCS: dict[str, str] = {
-    "small_synth_fill": (
-        "measured: base SmolLM2-135M on 8 synthesis prompts, 512 new tokens (scripts/measure_bill_constants.py)"
+    "small_base_synth_fill": (
+        "measured: base SmolLM2-135M on 8 synthesis prompts, T 0.7, 512 new tokens (scripts/measure_bill_constants.py)"
     ),
     "small_bench_fill": "measured: base SmolLM2-135M, 8 HumanEval prompts, greedy, 384 new tokens (same script)",
-    "large_synth_len_factor": "guess: a synthesizer trained on teacher samples ends near their length",
+    "synth_len_factor": "guess: a synthesizer trained on teacher samples ends near their length",
     "large_bench_answer_tokens": "guess: a fenced solution of 100-300 tokens, cut at the closing fence",
     "bigcodebench_prompt_tokens": "guess: BigCodeBench's complete-split prompts are long docstrings",
     "parsed_rate_small": "README (tiny run, 2026-11-26): 1 of 12 and 1 of 6 candidates parse; held-out 0-3 of 8",

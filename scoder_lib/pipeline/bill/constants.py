@@ -94,34 +94,48 @@ CHAT_OVERHEAD_TOKENS = Constant(14.0, "tokens/prompt", f"{MEASURED}: SmolLM2's c
 # Decoded tokens/s of SmolLM2-135M by batch size (synthesis prompts, ~400 prompt tokens), per backend.
 CPU_GEN_TOK_S: dict[str, dict[int, Constant] | None] = {
     "transformers": {
-        1: Constant(12.0, "tokens/s", f"{MEASURED} (batch 1, 96 new tokens)"),
-        8: Constant(50.0, "tokens/s", f"{MEASURED} (batch 8, 512 new tokens)"),
-        16: Constant(65.0, "tokens/s", f"{MEASURED} (batch 16, 256 new tokens)"),
+        1: Constant(13.5, "tokens/s", f"{MEASURED} (batch 1, 96 new tokens)"),
+        8: Constant(28.4, "tokens/s", f"{MEASURED} (batch 8, up to 512 new tokens, sampled: rows end unevenly)"),
+        16: Constant(41.3, "tokens/s", f"{MEASURED} (batch 16, up to 256 new tokens, sampled)"),
     },
     # PLACEHOLDER: the llama.cpp backend lands in another branch; the lead fills in its figures
     # (same script, `--backend llama_cpp`). Until then the bill uses the transformers figures and says so.
     "llama_cpp": None,
 }
 CPU_TRAIN_TOK_S = Constant(
-    124.0, "trained tokens/s", f"{MEASURED}: LoRA r 32 on SmolLM2's last 8 of 30 layers, batch 4, ~900-token examples"
+    153.0,
+    "trained tokens/s",
+    f"{MEASURED}: LoRA r 32 on SmolLM2's last 8 of 30 layers, batch 4, ~910-token examples (4 steps minus 1 step)",
 )
-CPU_TRAIN_SETUP_S = Constant(10.0, "s/training", f"{MEASURED}: building the Trainer, LoRA model and dataset")
+CPU_TRAIN_SETUP_S = Constant(
+    1.2, "s/training", f"{MEASURED}: one step minus the per-step cost (Trainer, LoRA, dataset)"
+)
 CPU_GRAD_TOK_S = Constant(
-    196.0, "tokens/s", f"{MEASURED}: per-sample gradient features, same LoRA, batch 4 (projection timed apart)"
+    174.0,
+    "tokens/s",
+    f"{MEASURED}: per-sample gradient features, same LoRA, batch 4, 16-dim projection (the pass alone)",
 )
-CPU_GRAD_SETUP_S = Constant(5.0, "s/checkpoint", f"{MEASURED}: loading a checkpoint and its Adam moments")
+CPU_GRAD_SETUP_S = Constant(
+    1.0, "s/checkpoint", f"{MEASURED}: loading a checkpoint and its moments (within noise of 0)"
+)
 CPU_PROJECTION_NS = Constant(
-    0.95, "ns per (LoRA parameter x dimension)", f"{MEASURED}: the projection's +-1 block generation (numpy PCG64)"
+    1.1,
+    "ns per (LoRA parameter x dimension)",
+    f"{MEASURED}: the projection's +-1 block generation (numpy PCG64), three runs 0.95-1.29",
 )
+CPU_FIT_STEP_S = Constant(
+    2.8e-5, "s/gradient step", f"{MEASURED}: the aspect-weight logistic fit, 12 rows (numpy, one thread)"
+)
+CPU_FIT_STEP_ROW_S = Constant(2.9e-8, "s/(step x row)", f"{MEASURED}: the same fit at 1,000 rows: the per-row part")
 CPU_RATING_S = Constant(
-    5.4, "s/candidate", f"{MEASURED}: SmolLM2 digit rater, Z=5 aspects, shared prefix, 1,467 forward tokens"
+    4.96, "s/candidate", f"{MEASURED}: SmolLM2 digit rater, Z=5 aspects, shared prefix, 3 seed samples"
 )
-CPU_RATING_TOKENS = Constant(1467.0, "tokens/candidate", f"{MEASURED}: the same three candidates")
+CPU_RATING_TOKENS = Constant(1465.0, "tokens/candidate", f"{MEASURED}: the same three candidates")
 CPU_SANDBOX_PROGRAMS_S = Constant(
-    44.5, "programs/s", f"{MEASURED}: 100 seed programs (solution + own asserts), 2 workers, wall time under load"
+    70.9, "programs/s", f"{MEASURED}: 100 seed programs (solution + own asserts), 2 workers, wall time under load"
 )
-CPU_IMPORT_S = Constant(4.2, "s/stage", f"{MEASURED}: importing torch, transformers and peft (CPU time / 2)")
-CPU_MODEL_LOAD_S = Constant(0.55, "s/load", f"{MEASURED}: SmolLM2-135M float32 from the prepared folder")
+CPU_IMPORT_S = Constant(4.3, "s/stage", f"{MEASURED}: importing torch, transformers and peft (CPU time / 2)")
+CPU_MODEL_LOAD_S = Constant(0.58, "s/load", f"{MEASURED}: SmolLM2-135M float32 from the prepared folder")
 KERNEL_START_S = Constant(5.0, "s/stage", "guess: papermill starting a kernel and saving the executed notebook")
 REPORT_S = Constant(12.0, "s/stage", "README 'Measured' (2026-11-26): the whole 07 report stage on tiny")
 PREPROCESS_S_PER_FILE = Constant(

@@ -34,17 +34,19 @@ class Ctx:
         size = "small" if self.small(role) else "large"
         return float(getattr(self.a, f"{status}_rate_{size}"))
 
-    def synth_tokens(self, max_new: int, role: str = "synthesizer") -> float:
-        """Generated tokens of one synthesis output: small models run near the limit, trained large ones
-        write about what the teacher wrote."""
-        if self.small(role):
-            return self.a.small_synth_fill * max_new
-        return self.a.large_synth_len_factor * self.seed.response_upto(max_new)
+    def synth_tokens(self, max_new: int, trained: bool = True) -> float:
+        """Generated tokens of one synthesis output: a synthesizer trained on teacher samples writes about
+        as much as the teacher did (cut at max_new); a small base model fills a measured share of max_new."""
+        if not trained and self.small("synthesizer"):
+            return self.a.small_base_synth_fill * max_new
+        return self.a.synth_len_factor * self.seed.response_upto(max_new)
 
-    def synthesis(self, stage: str, item: str, spec: ModelSpec, prompts: int, sampling: Sampling) -> Work:
+    def synthesis(
+        self, stage: str, item: str, spec: ModelSpec, prompts: int, sampling: Sampling, trained: bool = True
+    ) -> Work:
         """`prompts` synthesis requests to a synthesizer (greedy requests decode once however many n)."""
         samples = 1 if sampling.temperature <= 0 else sampling.n
-        lengths = (self.seed.mean("prompt"), self.synth_tokens(sampling.max_new_tokens))
+        lengths = (self.seed.mean("prompt"), self.synth_tokens(sampling.max_new_tokens, trained))
         return generation(stage, item, spec, self.sizes["synthesizer"], prompts, samples, lengths)
 
     def merges(self, spec: ModelSpec, count: int) -> tuple[int, float]:

@@ -34,7 +34,8 @@ def final(c: Ctx) -> tuple[list[Work], list[ArmSize]]:
         if arm.data == "teacher":
             available = _teacher_available(c, arm)
         else:
-            gen = c.synthesis(st, f"final synthesis: {arm.name}", cfg.synthesizer, fin.snippets, fin.sampling)
+            trained = arm.data != "base"
+            gen = c.synthesis(st, f"final synthesis: {arm.name}", cfg.synthesizer, fin.snippets, fin.sampling, trained)
             # Only another run's final synthesizer is new here; base, enhanced and this run's were merged before.
             gen.merges, gen.disk_bytes = c.merges(cfg.synthesizer, 1 if arm.data == "run" else 0)
             out += [gen, verify(c, st, f"sandbox: final synthesis of {arm.name}", gen.sequences)]

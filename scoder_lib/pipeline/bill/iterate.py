@@ -6,7 +6,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from scoder_lib.pipeline.bill.constants import CHARS_PER_TOKEN
+from scoder_lib.pipeline.bill.constants import CHARS_PER_TOKEN, CPU_FIT_STEP_ROW_S, CPU_FIT_STEP_S
 from scoder_lib.pipeline.bill.context import Ctx
 from scoder_lib.pipeline.bill.lengths import Fit, fit, rating_tokens
 from scoder_lib.pipeline.bill.models import gradient_flops
@@ -81,13 +81,17 @@ def weight_fit(c: Ctx, stage: str) -> list[Work]:
     """The base synthesizer answers `fit_snippets` teacher snippets; teacher and base samples are rated."""
     cfg = c.cfg
     n, sampling = min(cfg.iterate.fit_snippets, c.teacher_train), cfg.seed_stage.compare_sampling
-    gen = c.synthesis(stage, f"weight fit: base synthesizer on {n} snippets", cfg.synthesizer, n, sampling)
-    base_chars = c.synth_tokens(sampling.max_new_tokens) * CHARS_PER_TOKEN.value
+    gen = c.synthesis(stage, f"weight fit: base synthesizer on {n} snippets", cfg.synthesizer, n, sampling, False)
+    base_chars = c.synth_tokens(sampling.max_new_tokens, trained=False) * CHARS_PER_TOKEN.value
+    w = cfg.iterate.weights
+    fits = 1 + w.bootstrap + w.cv_folds  # the point estimate, every bootstrap refit, the CV folds
+    step = CPU_FIT_STEP_S.value + CPU_FIT_STEP_ROW_S.value * 2 * n
     return [
         gen,
         verify(c, stage, "sandbox: weight fit samples", gen.sequences),
         ratings(c, stage, "weight fit: rate the teacher's samples", n, c.seed.mean("response_chars")),
         ratings(c, stage, "weight fit: rate the base samples", n, base_chars),
+        Work(stage, f"weight fit: {fits} logistic fits x {w.steps} steps", "host", host_s=fits * w.steps * step),
     ]
 
 

@@ -43,7 +43,8 @@ def seed_stage(c: Ctx) -> tuple[list[Work], int]:
     sft = training(
         st, "enhanced synthesizer (SFT on teacher samples)", c.sizes["synthesizer"], opts, n, fit(pairs, opts)
     )
-    out += [sft, *yardstick(c, st, "base synthesizer", merged=0), *yardstick(c, st, "enhanced synthesizer", merged=1)]
+    out += [sft, *yardstick(c, st, "base synthesizer", merged=0, trained=False)]
+    out += yardstick(c, st, "enhanced synthesizer", merged=1)
     return out, max(sft.checkpoints, 1)
 
 
@@ -68,10 +69,11 @@ def teacher_purchase(c: Ctx) -> list[Work]:
     return [buy, sandbox("02_seed", "teacher samples in the sandbox", t.n_new, ex.timeout_s, ex.workers)]
 
 
-def yardstick(c: Ctx, stage: str, who: str, merged: int) -> list[Work]:
+def yardstick(c: Ctx, stage: str, who: str, merged: int, trained: bool = True) -> list[Work]:
     """Held-out snippets x compare_sampling.n samples from one synthesizer, verified in the sandbox."""
     cfg = c.cfg
-    gen = c.synthesis(stage, f"yardstick: {who}", cfg.synthesizer, c.heldout, cfg.seed_stage.compare_sampling)
+    sampling = cfg.seed_stage.compare_sampling
+    gen = c.synthesis(stage, f"yardstick: {who}", cfg.synthesizer, c.heldout, sampling, trained)
     gen.merges, gen.disk_bytes = c.merges(cfg.synthesizer, merged)
     return [gen, verify(c, stage, f"sandbox: yardstick of the {who}", gen.sequences)]
 
