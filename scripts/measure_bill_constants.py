@@ -4,7 +4,8 @@
 
 What it measures, with SmolLM2-135M-Instruct and the committed seed set:
   tokens     characters per token of the seed set and benchmark prompts; chat-template tokens per prompt
-  generate   the transformers backend's decoded tokens/s at batch 1, 8 and 16 (synthesis prompts, sampled),
+  generate   a backend's decoded tokens/s at batch 1, 8 and 16 (synthesis prompts, sampled; `--backend`,
+             default transformers: the figure for CPU_GEN_TOK_S[<backend>]),
              and how much of max_new_tokens the base model fills (synthesis, sampled; HumanEval, greedy)
   train      LoRA SFT tokens/s with tiny's seed-stage options (last 8 layers, r 32), a few steps
   gradients  per-sample gradient features (samples/s, tokens/s) at a checkpoint of that training, and the
@@ -52,6 +53,7 @@ from scoder_lib.core.config import (  # noqa: E402
     TrainOptions,
 )
 from scoder_lib.llm.base import GenRequest  # noqa: E402
+from scoder_lib.llm.generator import make_backend  # noqa: E402
 from scoder_lib.llm.models import prepare  # noqa: E402
 from scoder_lib.llm.transformers_backend import TransformersBackend  # noqa: E402
 from scoder_lib.method import scoring, seed  # noqa: E402
@@ -121,13 +123,14 @@ def measure_tokens(tok: Any, rows: list[Any]) -> dict[str, float]:
     }
 
 
-def measure_generation(backend: TransformersBackend, rows: list[Any], plan: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def measure_generation(name: str, rows: list[Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """Decoding speed of backend `name` at each planned batch size (one backend per size, as stages build them)."""
+    out: dict[str, Any] = {"backend": name}
     for batch, n, max_new in plan["generate"]:
-        backend.batch_size = batch
+        backend = make_backend(ModelSpec(name=MODEL, backend=name, batch_size=batch), CACHE)
         sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=max_new)
         reqs = [GenRequest.chat(messages(r.snippet, "v1"), sampling, seed=i) for i, r in enumerate(rows[:n])]
-        res, cpu, wall = timed(lambda reqs=reqs: backend.generate(reqs))
+        res, cpu, wall = timed(lambda reqs=reqs, backend=backend: backend.generate(reqs))
         made = sum(c.tokens for r in res for c in r.completions)
         out[f"batch_{batch}"] = {"tokens": made, "max_new": max_new, "tok_s": made / cpu, "wall_tok_s": made / wall}
         if batch == plan["fill_batch"]:
@@ -149,8 +152,7 @@ def measure_generation(backend: TransformersBackend, rows: list[Any], plan: dict
             )
             for p in prompts
         ]
-        backend.batch_size = 8
-        res = backend.generate(reqs)
+        res = make_backend(ModelSpec(name=MODEL, backend=name, batch_size=8), CACHE).generate(reqs)
         out["benchmark_fill"] = sum(r.completions[0].tokens for r in res) / (len(reqs) * 384)
     return out
 
@@ -236,6 +238,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="a few seconds of each measurement: does the script run?")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--backend", default="transformers", help="the generation backend to measure (model.backend)")
     ap.add_argument("--only", default=PARTS, help=f"comma-separated parts to measure (default: {PARTS})")
     args = ap.parse_args()
     plan = CHECK if args.check else FULL
@@ -268,7 +271,7 @@ def main() -> None:
             if "gradients" in only:
                 report["gradients"] = measure_gradients(ckpt, rows, tok, plan["gradients"])
     if "generate" in only:
-        report["generate"] = measure_generation(backend, rows, plan)
+        report["generate"] = measure_generation(args.backend, rows, plan)
     report["loadavg_1m_end"] = os.getloadavg()[0]
     text = json.dumps(report, indent=2)
     print(text)

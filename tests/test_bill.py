@@ -12,11 +12,11 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from scoder_lib.core.config import REPO_ROOT, ConfigError
+from scoder_lib.core.config import REPO_ROOT, ConfigError, LoraOptions
 from scoder_lib.core.params import load_config
 from scoder_lib.method import scoring, seed, selection, synthesis
 from scoder_lib.method.train import encode, save_points
-from scoder_lib.pipeline.bill import lengths
+from scoder_lib.pipeline.bill import lengths, models
 from scoder_lib.pipeline.bill.build import Bill, make_bill
 from scoder_lib.pipeline.bill.lengths import fit, seed_lengths
 from scoder_lib.pipeline.bill.render import render, to_json
@@ -235,3 +235,23 @@ def test_json_totals_are_the_sums_of_the_items():
     gpu = sum(i.get("gpu_s", 0.0) for s in data["stages"] for i in s["items"])
     assert data["totals"]["gpu_s"] == pytest.approx(gpu)
     assert data["totals"]["gpu_h"] == pytest.approx(gpu / 3600)
+
+
+def test_model_sizes_come_from_the_table_a_config_or_the_name(tmp_path):
+    qwen = models.model_size("Qwen/Qwen2.5-Coder-7B-Instruct")
+    assert qwen.how == "table" and 7.5e9 < qwen.params < 7.7e9  # 7.61B on its model card
+    lora = LoraOptions(r=128)  # all seven modules of all 28 layers
+    assert qwen.lora_params(lora) == 128 * 28 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))
+    assert models.model_size("deepseek-ai/deepseek-coder-6.7b-base").params == pytest.approx(6.74e9, rel=0.01)
+    assert models.model_size("smollm2-135m-instruct").params == pytest.approx(134.5e6, rel=0.01)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(
+        json.dumps(
+            {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+             "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+        )
+    )  # fmt: skip
+    assert models.model_size(str(tmp_path / "m")).params == models.model_size("smollm2-135m-instruct").params
+    named = models.model_size("someone/Coder-14B")
+    assert (named.how, named.params) == ("name", 14e9)
+    assert models.model_size("mystery").how == "unknown"

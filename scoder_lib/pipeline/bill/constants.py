@@ -98,8 +98,9 @@ CPU_GEN_TOK_S: dict[str, dict[int, Constant] | None] = {
         8: Constant(28.4, "tokens/s", f"{MEASURED} (batch 8, up to 512 new tokens, sampled: rows end unevenly)"),
         16: Constant(41.3, "tokens/s", f"{MEASURED} (batch 16, up to 256 new tokens, sampled)"),
     },
-    # PLACEHOLDER: the llama.cpp backend lands in another branch; the lead fills in its figures
-    # (same script, `--backend llama_cpp`). Until then the bill uses the transformers figures and says so.
+    # PLACEHOLDER: the llama.cpp backend lands in another branch; the lead fills in its figures, keyed by the
+    # backend's name in ModelSpec.backend (`scripts/measure_bill_constants.py --only generate --backend <name>`).
+    # Until then the bill uses the transformers figures and says so in its warnings.
     "llama_cpp": None,
 }
 CPU_TRAIN_TOK_S = Constant(

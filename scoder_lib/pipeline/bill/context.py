@@ -21,7 +21,18 @@ class Ctx:
 
     @classmethod
     def of(cls, cfg: Config, a: Assumptions) -> Ctx:
-        return cls(cfg, a, seed_lengths(cfg), sizes_of(cfg))
+        c = cls(cfg, a, seed_lengths(cfg), sizes_of(cfg))
+        for role, size in c.sizes.items():
+            if size.how == "unknown":
+                c.warnings.append(f"{role} {size.name}: size unknown (not in the table, no config.json): not billed")
+            elif size.how == "name":
+                c.warnings.append(
+                    f"{role} {size.name}: sized from its name ({size.params / 1e9:.3g}B); its LoRA width is "
+                    "scaled from Qwen2.5-Coder-7B's shape (add it to bill/models.py KNOWN for exact counts)"
+                )
+        if cfg.synthesizer.backend == "openai":
+            c.warnings.append("the synthesizer is served through an API: its dollars are not billed")
+        return c
 
     # ------------------------------------------------------------------ models
     def small(self, role: str) -> bool:

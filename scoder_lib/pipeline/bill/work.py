@@ -47,7 +47,7 @@ class Work:
     precision: str = "bf16"  # bf16 (tensor cores) or fp32 (what the GPU peak is)
     programs: int = 0
     timeout_s: float = 0.0
-    workers: int = 1
+    workers: int = 0  # sandbox workers (execution.workers)
     usd: float = 0.0
     loads: int = 0  # model loads (a vLLM engine start each)
     merges: int = 0  # LoRA checkpoints merged into a float32 copy for vLLM
