@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RUN_STAGE = $(PY) -m scoder_lib.pipeline.runner stage --run $(RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help reproduce stages synthesizer FORCE report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
+.PHONY: help reproduce stages synthesizer FORCE plan report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -65,6 +65,13 @@ stages: $(FINAL_MARKER)
 synthesizer: $(SYNTHESIZER_MARKER)
 
 FORCE:
+
+# The bill before the run: counts, GPU-hours (GPU=H100|A100|H200), CPU minutes, disk and dollars per stage,
+# from the params alone (no model is loaded, nothing is written; BILL_ARGS e.g. --json bill.json).
+GPU ?= H100
+BILL_ARGS ?=
+plan:  ## print the arms and the bill of PROFILE before running it (no model loaded)
+	$(PY) -m scoder_lib.pipeline.plan --profile $(PROFILE) --run $(RUN) --dry-run --gpu $(GPU) $(BILL_ARGS)
 
 report: venv  ## re-render the HTML reports and index of RUN
 	$(PY) -m scoder_lib.pipeline.runner report --run $(RUN)

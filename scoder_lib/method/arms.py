@@ -14,6 +14,7 @@ from scoder_lib.data.decontam import Decontaminator
 from scoder_lib.llm.generator import generator
 from scoder_lib.llm.models import prepare
 from scoder_lib.method import lineage, synthesis, teacher
+from scoder_lib.method.arm_specs import asked_size, describe
 from scoder_lib.method.instructions import (
     MODEL_CARD,
     ArmSize,
@@ -37,30 +38,6 @@ def synthesizer_for(run: Run, arm: ArmOptions) -> str | None:
     if arm.data == "enhanced":
         return lineage.load_synthesizer(run.upstream("02_seed")).final
     return lineage.final_synthesizer(run if arm.data == "method" else Run.open(arm.run or "")).final
-
-
-def describe(run: Run, arm: ArmOptions) -> str:
-    """Where an arm's data comes from, in words (the report's and the plan's arm tables)."""
-    cfg = run.cfg
-    if arm.data == "teacher":
-        t = cfg.seed_stage.teacher
-        parts = [f"teacher seed set ({Path(t.seed_file).name}, training split)"]
-        if t.backend == "openai" and t.n_new:
-            parts.append(f"up to {t.n_new} samples bought from {t.model.name}")
-        if t.dataset is not None:
-            parts.append(f"teacher dataset {t.dataset.path or t.dataset.dataset}")
-        return " + ".join(parts)
-    if arm.data == "base":
-        return f"base synthesizer {cfg.synthesizer.name}"
-    if arm.data == "enhanced":
-        return "enhanced synthesizer (02)"
-    if arm.data == "method":
-        return f"final synthesizer of this run (after {cfg.iterate.iterations} iterations)"
-    return f"final synthesizer of run '{arm.run}'"
-
-
-def asked_size(run: Run, arm: ArmOptions) -> int | None:
-    return arm.n if arm.n is not None else run.cfg.final.n_train
 
 
 def teacher_rows(run: Run) -> list[InstructionSample]:

@@ -1,8 +1,10 @@
 """Plan a run before any work: validate params, refresh the stamps make compares, write make's rules.
 
     python -m scoder_lib.pipeline.plan --profile tiny --run tiny
+    python -m scoder_lib.pipeline.plan --profile paper --run paper --dry-run [--gpu H100] [--json bill.json]
 
 Make calls this on every invocation, so it imports nothing heavy (no torch, papermill, nbconvert).
+`--dry-run` writes nothing: it prints the arms and the bill (`make plan`), still without a model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from scoder_lib.core.logs import get_logger
 from scoder_lib.core.params import load_config
 from scoder_lib.core.run import MARKER, Run, StageRef
 from scoder_lib.llm.base import require_backend
+from scoder_lib.method import arm_specs
+from scoder_lib.pipeline.bill.build import make_bill
+from scoder_lib.pipeline.bill.constants import GPUS
+from scoder_lib.pipeline.bill.render import render, to_json
 from scoder_lib.sandbox.isolation import banner
 
 log = get_logger(__name__)
@@ -163,9 +169,6 @@ def _changes(main: dict[str, Any], other: dict[str, Any], prefix: str = "") -> l
 
 def describe_arms(run: Run) -> str:
     """The arms and ablations a profile asks for, before any work: source, asked size, what each keeps."""
-    # Lazy on purpose: the arms module pulls torch and transformers; only the dry run needs it.
-    from scoder_lib.method import arms  # noqa: PLC0415
-
     cfg, fin = run.cfg, run.cfg.final
     lines = [
         f"Arms of run '{run.name}' (profile {run.profile}): equalize {fin.equalize}, shortfall tolerance "
@@ -174,8 +177,10 @@ def describe_arms(run: Run) -> str:
         f"          {keep_rule(cfg)}",
     ]
     for arm in (a for a in fin.arms if a.enabled):
-        asked = arms.asked_size(run, arm)
-        lines.append(f"  {arm.name:<22} asked {asked if asked is not None else 'all':>8}  {arms.describe(run, arm)}")
+        asked = arm_specs.asked_size(run, arm)
+        lines.append(
+            f"  {arm.name:<22} asked {asked if asked is not None else 'all':>8}  {arm_specs.describe(run, arm)}"
+        )
         if arm.data == "run" and arm.profile:
             other = load_config(arm.profile)
             changed = _changes(cfg.model_dump(mode="json"), other.model_dump(mode="json"))
@@ -187,14 +192,27 @@ def describe_arms(run: Run) -> str:
     return "\n".join(lines)
 
 
+def dry_run(profile: str, name: str, gpu: str, assume: list[str], json_path: Path | None) -> int:
+    """Print the arms and the bill of a run; write the bill as JSON when asked. Nothing else is written."""
+    run = Run.for_profile(profile, name)
+    bill = make_bill(run.cfg, run.profile, run.name, gpu=gpu, assume=assume)
+    print(describe_arms(run), render(bill), sep="\n\n")
+    if json_path is not None:
+        write_json(json_path, to_json(bill))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = cli.parser("scoder_lib.pipeline.plan", __doc__)
     ap.add_argument("--profile", required=True, help="params/<profile>.yaml, or a path to a .yaml")
     ap.add_argument("--run", required=True, help="the run's folder name under outputs/")
-    ap.add_argument("--dry-run", action="store_true", help="print what the profile asks for; write nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the arms and the bill; write nothing else")
+    ap.add_argument("--gpu", default="H100", choices=sorted(GPUS), help="the GPU the bill prices (dry run)")
+    ap.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE", help="override a guess of the bill")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the bill as JSON (dry run)")
     args = ap.parse_args(argv)
     if args.dry_run:
-        return cli.run(lambda: print(describe_arms(Run.for_profile(args.profile, args.run))) or 0)
+        return cli.run(lambda: dry_run(args.profile, args.run, args.gpu, args.assume, args.json))
     return cli.run(lambda: plan(args.profile, args.run))
 
 
