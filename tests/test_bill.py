@@ -127,13 +127,14 @@ def test_a_priced_teacher_costs_tokens_times_prices(tmp_path):
 def test_paper_bill_is_in_a_plausible_range():
     """Compute-bound parts against hand arithmetic on the H100 (989 TFLOPS bf16, vLLM 8.1k tokens/s at 8B):
     per iteration 20,000 x 8 candidates of ~800 tokens (130M tokens: 4-9 GPU-h); a 6.7B full SFT of
-    60K-75K samples x 2 epochs (1-10 GPU-h each); disk 0.5-3 TB (float32 merges and student moments)."""
+    60K-75K samples x 2 epochs (1-10 GPU-h each); disk 0.1-3 TB (synthesizer checkpoints with moments)."""
     bill = make_bill(load_config("paper"), "paper", "paper")
     cand = item(bill, "03_sample_score@1", "candidates:")
     assert 1e8 < cand.generated_tokens < 2e8 and 3 < cand.gpu_s / 3600 < 12
     students = [w for w in bill.works if w.item.startswith("student:")]
     assert len(students) == 8 and all(1 < w.gpu_s / 3600 < 10 for w in students)
-    assert 0.5e12 < bill.total("disk_bytes") < 3e12
+    # synthesizer checkpoints with moments, students without (save_moments: false): a few hundred GB
+    assert 0.1e12 < bill.total("disk_bytes") < 3e12
     assert 5 < bill.teacher_usd < 20
     # influence dominates: the projection's blocks are regenerated on the host for every 16-sample shard
     grads = item(bill, "04_influence@1", "influence:")
@@ -167,7 +168,8 @@ def test_assumptions_can_be_overridden_and_typos_fail():
     cfg = load_config("paper")
     sure = make_bill(cfg, "paper", "paper", assume=["passed_rate_large=0.9"], deps=False)
     assert not [w for w in sure.warnings if "fall short" in w]
-    assert [w for w in make_bill(cfg, "paper", "paper", deps=False).warnings if "fall short" in w]
+    doubtful = make_bill(cfg, "paper", "paper", assume=["passed_rate_large=0.3"], deps=False)
+    assert [w for w in doubtful.warnings if "fall short" in w]
     with pytest.raises(ConfigError, match="passed_rate_large"):
         make_bill(cfg, "paper", "paper", assume=["passed_rate_larg=0.9"], deps=False)
 

@@ -104,6 +104,9 @@ class TrainOptions(Section):
     long_examples: Literal["drop", "truncate"] = "drop"
     # M: checkpoints saved evenly over training, each with its Adam moments (for influence).
     num_checkpoints: int = 2
+    # Save the Adam moments with each checkpoint: influence needs them for synthesizers; students do not
+    # (for a full fine-tune they are twice the weights).
+    save_moments: bool = True
     seed: int = 0
     # Passed to TrainingArguments as-is for scale-out (deepspeed config path, fsdp, bf16 ...).
     extra_args: dict[str, Any] = {}

@@ -30,8 +30,9 @@ class Checkpoints(TrainerCallback):
     Set `trainer` once the Trainer is built: sharded weights are gathered through its accelerator.
     """
 
-    def __init__(self, points: list[int], out: Path, tok: PreTrainedTokenizerBase):
+    def __init__(self, points: list[int], out: Path, tok: PreTrainedTokenizerBase, with_moments: bool = True):
         self.points, self.out, self.tok = sorted(points), out, tok
+        self.with_moments = with_moments
         self.progress: Progress | None = None
         self.trainer: Any = None
 
@@ -52,7 +53,7 @@ class Checkpoints(TrainerCallback):
 
     def on_save(self, args, state, control, model=None, optimizer=None, **kw):  # noqa: ANN001
         # Gathered on every rank where the state is sharded (collectives); written by rank 0 only.
-        moments = full_moments(model, optimizer)
+        moments = full_moments(model, optimizer) if self.with_moments else {}
         weights = None
         if sharding(model, optimizer) != "none":
             weights = self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)
@@ -62,7 +63,8 @@ class Checkpoints(TrainerCallback):
         folder = self.out / f"ckpt-{step}"
         self.trainer.accelerator.unwrap_model(model).save_pretrained(folder, state_dict=weights)
         self.tok.save_pretrained(folder)
-        save_file(moments, str(folder / "moments.safetensors"))
+        if self.with_moments:
+            save_file(moments, str(folder / "moments.safetensors"))
         # LESS weighs each checkpoint by the mean learning rate since the previous one; read from
         # the log history (restored on resume), not from callback state (lost on interruption).
         prev = max([p for p in self.points if p < step], default=0)

@@ -233,7 +233,7 @@ def _trainer(examples: list[Example], base: str, out: Path, opts: TrainOptions, 
         )
     transformers.set_seed(opts.seed)  # LoRA's random init must not depend on what ran before
     model = _build_model(base, opts, adapter)
-    checkpoints = Checkpoints(points, out, tok)
+    checkpoints = Checkpoints(points, out, tok, with_moments=opts.save_moments)
     trainer = _Trainer(
         model=model,
         args=args,

@@ -126,9 +126,9 @@ def training(stage: str, item: str, size: ModelSize, opts: TrainOptions, n: int,
 
 
 def checkpoint_bytes(size: ModelSize, opts: TrainOptions) -> float:
-    """One saved checkpoint: float32 weights (the adapter, or the whole model) and their Adam moments."""
+    """One saved checkpoint: float32 weights (the adapter, or the whole model) and, when kept, their Adam moments."""
     trainable = size.params if opts.method == "full" else size.lora_params(opts.lora)
-    return trainable * (FLOAT32_BYTES + ADAM_BYTES)
+    return trainable * (FLOAT32_BYTES + (ADAM_BYTES if opts.save_moments else 0))
 
 
 def sandbox(stage: str, item: str, programs: float, timeout_s: float, workers: int) -> Work:
