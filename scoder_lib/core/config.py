@@ -243,6 +243,9 @@ class IterateOptions(Section):
 
 class InfluenceOptions(Section):
     enabled: bool = True  # false: keep every candidate 03 selected (the "no influence" ablation)
+    # sjlt: sparse JL (one hashed +-1 a parameter; cost ~P a sample, same bits on every device);
+    # rademacher: LESS's dense matrix (cost ~P x D); none: exact cosines (n x P features: tests only)
+    projection: Literal["sjlt", "rademacher", "none"] = "sjlt"
     projection_dim: int = 8192
     projection_seed: int = 0
     aggregate: Literal["mean", "max"] = "mean"
