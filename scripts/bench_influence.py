@@ -293,19 +293,21 @@ def ranking(ckpts: list[Path], cands: list[Example], targets: list[Example], dim
     ]
     lrs = [inf_scores.checkpoint_lr(c) for c in ckpts]
     scores = {"exact": inf_scores.influence_scores(exact[0], exact[1], lrs)}
-    kinds = [("sjlt", d) for d in dims] + ([("rademacher", dims[0])] if dense else [])
+    kinds = [("sjlt", d) for d in dims] + ([("rademacher", 8192)] if dense else [])
     for kind, dim in kinds:
         proj = inf_proj.make_projector(kind, dim, 0)
         feats = [[inf_proj.l2_normalise(proj.project(f)) for f in side] for side in exact]
         scores[f"{kind} D={dim}"] = inf_scores.influence_scores(feats[0], feats[1], lrs)
     rho = pd.DataFrame(scores).rank().corr()["exact"]
+    spread = scores["exact"].std()
     print(
         f"\nInfluence ranking of {len(cands)} candidates ({len(targets)} targets, M={len(ckpts)}), Spearman vs exact:"
     )
-    for name in scores:
+    for name, s in scores.items():
         if name != "exact":
-            print(f"  {name:>16}: {rho[name]:.4f}")
-    print(f"  (exact scores: mean {scores['exact'].mean():.4g}, std {scores['exact'].std():.3g})")
+            error = (s - scores["exact"]).std()
+            print(f"  {name:>18}: {rho[name]:.4f}   (projection error {error:.3g} = {error / spread:.2f} x the spread)")
+    print(f"  exact scores: mean {scores['exact'].mean():.4g}, spread (std) {spread:.3g}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -321,6 +323,7 @@ def main() -> None:
     ap.add_argument("--dense-max-params", type=float, default=1e7, help="largest P the dense projector runs at")
     ap.add_argument("--sizes", default="1e6,1e7,1e8,3.2e8", help="parameter counts of the projection table")
     ap.add_argument("--dense-ranking", action="store_true", help="also rank with the dense projection (minutes)")
+    ap.add_argument("--ranking-dims", default="2048,8192,32768,131072", help="sparse projection sizes ranked")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "scoder-bench-influence"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -347,7 +350,8 @@ def main() -> None:
     if "features" in parts:
         print_features(features_table(args), args.rounds)
     if "ranking" in parts:
-        ranking(ckpts, cands, targets, (args.dim, 2048), args.dense_ranking)
+        dims = tuple(int(float(d)) for d in args.ranking_dims.split(","))
+        ranking(ckpts, cands, targets, dims, args.dense_ranking)
 
 
 if __name__ == "__main__":
