@@ -293,7 +293,7 @@ def ranking(ckpts: list[Path], cands: list[Example], targets: list[Example], dim
     ]
     lrs = [inf_scores.checkpoint_lr(c) for c in ckpts]
     scores = {"exact": inf_scores.influence_scores(exact[0], exact[1], lrs)}
-    kinds = [("sjlt", d) for d in dims] + ([("rademacher", 8192)] if dense else [])
+    kinds = [("sjlt", d) for d in dims] + ([("rademacher", dims[0])] if dense else [])
     for kind, dim in kinds:
         proj = inf_proj.make_projector(kind, dim, 0)
         feats = [[inf_proj.l2_normalise(proj.project(f)) for f in side] for side in exact]
@@ -322,7 +322,11 @@ def main() -> None:
     ap.add_argument("--parts", default="projection,features,ranking")
     ap.add_argument("--dense-max-params", type=float, default=1e7, help="largest P the dense projector runs at")
     ap.add_argument("--sizes", default="1e6,1e7,1e8,3.2e8", help="parameter counts of the projection table")
-    ap.add_argument("--dense-ranking", action="store_true", help="also rank with the dense projection (minutes)")
+    ap.add_argument(
+        "--dense-ranking",
+        action="store_true",
+        help="also rank with the dense projection at the first of --ranking-dims (minutes)",
+    )
     ap.add_argument("--ranking-dims", default="2048,8192,32768,131072", help="sparse projection sizes ranked")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "scoder-bench-influence"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
