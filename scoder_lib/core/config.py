@@ -289,6 +289,9 @@ class InfluenceOptions(Section):
     # influence: keep the most influential; random / score: the ablations, the same count kept at random
     # (seeded) or by aspect score alone.
     select: Literal["influence", "random", "score"] = "influence"
+    # sjlt: sparse JL (one hashed +-1 a parameter; cost ~P a sample, same bits on every device);
+    # rademacher: LESS's dense matrix (cost ~P x D); none: exact cosines (n x P features: tests only)
+    projection: Literal["sjlt", "rademacher", "none"] = "sjlt"
     projection_dim: int = 8192
     projection_seed: int = 0
     aggregate: Literal["mean", "max"] = "mean"

@@ -2,76 +2,36 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Literal
 
 import numpy as np
 import torch
-import transformers
-from peft import PeftModel
 
 from scoder_lib.core.config import InfluenceOptions
 from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.io import atomic_path
 from scoder_lib.core.logs import Progress, get_logger
 from scoder_lib.llm.models import folder_fingerprint
-from scoder_lib.method.influence.gradients import (
-    Layout,
-    Row,
-    adam_direction,
-    batched_grads,
-    collate,
-    layout_of,
-    loop_grads,
-)
-from scoder_lib.method.influence.projection import Projector, l2_normalise
-from scoder_lib.method.train import Example, encode, load_moments
+from scoder_lib.method.influence.checkpoints import Loaded, activate, adam_transform, load_checkpoint, structure_key
+from scoder_lib.method.influence.gradients import Batch, Row, collate, grad_blocks, loop_grads
+from scoder_lib.method.influence.prefix import Prefix, prefix_states
+from scoder_lib.method.influence.projection import Projector, l2_normalise, make_projector
+from scoder_lib.method.train import Example, encode
 
 log = get_logger(__name__)
 
-FEATURES_VERSION = 1  # bump when a change alters feature values: it invalidates the cache
-# Per-sample gradients are buffered (rows x parameters, float32) up to this size before one
-# projection: block generation is paid once per buffer, and per sample the skinny GEMM costs
-# several times less at hundreds of rows than at LESS's 16 (measured on the 2-core machine).
-# At D=8192 a projection call costs ~P*D*2 ns for the blocks alone (10 s for P=650k).
+FEATURES_VERSION = 2  # bump when a change alters feature values: it invalidates the cache
+MAX_SHARD_ROWS = 512  # samples per shard file: the unit of resumption
+# A dense projection ("rademacher", or "none") buffers whole gradients (rows x parameters, float32)
+# up to this size: its block generation is paid once per buffer. The sparse one streams instead.
 SHARD_BYTES = 1 << 30
-MAX_SHARD_ROWS = 512
+# The frozen prefix's states of one shard are kept (rows x tokens x hidden, float32) for all checkpoints.
+PREFIX_BYTES = 1 << 30
 Kind = Literal["adam", "sgd"]
-Transform: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class Loaded:
-    model: Any
-    tok: Any
-    layout: Layout
-    key: str
-
-
-_RESIDENT: list[Loaded] = []  # one model kept: candidates and targets of a checkpoint share it
-
-
-def load_checkpoint(checkpoint: Path) -> Loaded:
-    """Base + adapter as a trainable PeftModel in eval mode (dropout off), float32, on the GPU if any."""
-    key = folder_fingerprint(checkpoint)
-    if _RESIDENT and _RESIDENT[0].key == key:
-        return _RESIDENT[0]
-
-    base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True).eval()
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    tok = transformers.AutoTokenizer.from_pretrained(
-        str(checkpoint) if (checkpoint / "tokenizer_config.json").exists() else base
-    )
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    _RESIDENT[:] = [Loaded(model, tok, layout_of(model), key)]
-    return _RESIDENT[0]
 
 
 def examples_hash(examples: Sequence[Example]) -> str:
@@ -81,13 +41,14 @@ def examples_hash(examples: Sequence[Example]) -> str:
 def features_key(
     checkpoint: Path, examples: Sequence[Example], kind: Kind, opts: InfluenceOptions, max_seq_len: int
 ) -> str:
-    """Cache key: exactly what determines the features (not `batched`: both ways agree to 1e-5)."""
+    """Cache key: exactly what determines the features (not `batched` or the prefix: all ways agree to 1e-5)."""
     return fingerprint(
         {
             "v": FEATURES_VERSION,
             "checkpoint": folder_fingerprint(checkpoint),
             "examples": examples_hash(examples),
             "kind": kind,
+            "projection": opts.projection,
             "dim": opts.projection_dim,
             "seed": opts.projection_seed,
             "max_seq_len": max_seq_len,
@@ -105,102 +66,163 @@ def gradient_features(
     batched: bool = True,
     cache_dir: Path | None = None,
 ) -> np.ndarray:
-    """n x D L2-normalised projected features: Adam directions (kind="adam") or gradients ("sgd").
+    """n x D L2-normalised projected features of one checkpoint (see `checkpoint_features`)."""
+    return checkpoint_features(
+        [checkpoint], examples, kind=kind, opts=opts, max_seq_len=max_seq_len, batched=batched, cache_dir=cache_dir
+    )[0]
 
-    batched=False computes one sample per forward with the model's own loss (LESS's loop, the
-    reference; opts.batch_size is then unused). With cache_dir, features are read from or written
-    to it, shard by shard. Examples whose prompt alone exceeds max_seq_len get an all-zero row
-    (cosine 0 to everything).
+
+def checkpoint_features(
+    checkpoints: list[Path],
+    examples: list[Example],
+    *,
+    kind: Kind,
+    opts: InfluenceOptions,
+    max_seq_len: int,
+    batched: bool = True,
+    reuse_prefix: bool = True,
+    cache_dir: Path | None = None,
+) -> list[np.ndarray]:
+    """n x D L2-normalised projected features at each checkpoint: Adam directions ("adam") or gradients ("sgd").
+
+    Checkpoints of one adapter structure share one loaded model, their LoRA weights swapped in; where
+    LoRA starts above the first layer, the frozen layers below it run once per sample for all of
+    them (reuse_prefix=False: not reused, for benchmarks). batched=False computes one sample per
+    forward with the model's own loss (LESS's loop, the reference; opts.batch_size then unused).
+    With cache_dir, features are read from or written to it, shard by shard. Examples whose prompt
+    alone exceeds max_seq_len get an all-zero row (cosine 0 to everything).
     """
     if kind not in ("adam", "sgd"):
         raise ValueError(f"kind must be 'adam' or 'sgd', got {kind!r}")
-    final = None
-    if cache_dir is not None:
-        final = Path(cache_dir) / f"{kind}-{features_key(checkpoint, examples, kind, opts, max_seq_len)}.npy"
-        if final.exists():
-            return np.load(final)
-    loaded = load_checkpoint(checkpoint)
-    rows = _shard_rows(loaded.layout.total, opts.batch_size)
-    parts = None if final is None else final.with_name(f"{final.stem}.parts-{rows}")
-    encoded = [encode(loaded.tok, e, max_seq_len) for e in examples]
-    if skipped := sum(r is None for r in encoded):
-        log.warning("%d of %d examples do not fit max_seq_len=%d: zero features", skipped, len(encoded), max_seq_len)
-    job = _Job(
-        loaded,
-        _transform(checkpoint, loaded.layout) if kind == "adam" else None,
-        Projector(opts.projection_dim, opts.projection_seed),
-        opts.batch_size if batched else 0,
-        Progress(len(examples), f"{kind} gradient features of {checkpoint.name}", unit="samples"),
-    )
-    shards = [
-        job.shard(encoded[s : s + rows], None if parts is None else parts / f"{i:05d}.npy")
-        for i, s in enumerate(range(0, len(encoded), rows))
+    finals = [
+        None
+        if cache_dir is None
+        else Path(cache_dir) / f"{kind}-{features_key(c, examples, kind, opts, max_seq_len)}.npy"
+        for c in checkpoints
     ]
-    feats = np.concatenate(shards) if shards else np.zeros((0, opts.projection_dim), np.float32)
-    if final is not None:
-        save_npy(final, feats)
-        shutil.rmtree(parts, ignore_errors=True)
-    return feats
+    done = {i: np.load(f) for i, f in enumerate(finals) if f is not None and f.exists()}
+    todo = [i for i in range(len(checkpoints)) if i not in done]
+    for group in _by_structure(todo, checkpoints):
+        job = _Job.start(checkpoints[group[0]], kind, opts, batched, reuse_prefix, len(examples) * len(group))
+        encoded = [encode(job.loaded.tok, e, max_seq_len) for e in examples]
+        if skipped := sum(r is None for r in encoded):
+            log.warning(
+                "%d of %d examples do not fit max_seq_len=%d: zero features", skipped, len(encoded), max_seq_len
+            )
+        rows = _shard_rows(job, max_seq_len)
+        parts = [None if finals[i] is None else finals[i].with_name(f"{finals[i].stem}.parts-{rows}") for i in group]
+        shards = [
+            job.shard(
+                [checkpoints[i] for i in group],
+                encoded[s : s + rows],
+                [None if p is None else p / f"{k:05d}.npy" for p in parts],
+            )
+            for k, s in enumerate(range(0, len(encoded), rows))
+        ]
+        for j, i in enumerate(group):
+            dim = shards[0][j].shape[1] if shards else opts.projection_dim
+            done[i] = np.concatenate([s[j] for s in shards]) if shards else np.zeros((0, dim), np.float32)
+            if finals[i] is not None:
+                save_npy(finals[i], done[i])
+                shutil.rmtree(parts[j], ignore_errors=True)
+    return [done[i] for i in range(len(checkpoints))]
 
 
-def _shard_rows(n_params: int, batch_size: int) -> int:
-    return max(batch_size, min(MAX_SHARD_ROWS, SHARD_BYTES // (4 * n_params)))
+def _by_structure(todo: list[int], checkpoints: list[Path]) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(structure_key(checkpoints[i]), []).append(i)
+    return list(groups.values())
 
 
-def _transform(checkpoint: Path, layout: Layout) -> Transform:
-    """g -> Adam direction with this checkpoint's flattened moments (in layout order)."""
-
-    m, v, meta = load_moments(checkpoint)
-    missing = [n for n in layout.names if n not in m or n not in v]
-    if missing:
-        raise ValueError(f"{checkpoint}: no Adam moments for {missing[:3]} ({len(missing)} parameters)")
-    device = layout.modules[0].weight.device
-    exp_avg = torch.cat([m[n].reshape(-1).float() for n in layout.names]).to(device)
-    exp_avg_sq = torch.cat([v[n].reshape(-1).float() for n in layout.names]).to(device)
-    betas = tuple(meta.get("betas", (0.9, 0.999)))
-    eps, step = float(meta.get("eps", 1e-8)), float(meta["adam_step"])
-    return lambda g: adam_direction(g, exp_avg, exp_avg_sq, step, betas, eps)
+def _shard_rows(job: _Job, max_seq_len: int) -> int:
+    rows = MAX_SHARD_ROWS
+    if job.projector.kind != "sjlt":
+        rows = min(rows, SHARD_BYTES // (4 * job.loaded.layout.total))
+    if job.reuse_prefix and job.loaded.depth:
+        rows = min(rows, PREFIX_BYTES // (4 * max_seq_len * job.loaded.model.config.hidden_size))
+    return max(job.batch_size, rows, 1)
 
 
 @dataclass
 class _Job:
-    """What every shard of one gradient_features call shares."""
+    """What every shard of one checkpoint_features call (and adapter structure) shares."""
 
     loaded: Loaded
-    transform: Transform | None  # None: plain gradients
+    kind: Kind
     projector: Projector
     batch_size: int  # 0: LESS's one-sample loop
+    reuse_prefix: bool
     progress: Progress
 
-    def shard(self, encoded: list[Row | None], path: Path | None) -> np.ndarray:
-        """Features of one shard: computed (longest first, so padding is small), or read back."""
+    @classmethod
+    def start(
+        cls, first: Path, kind: Kind, opts: InfluenceOptions, batched: bool, reuse_prefix: bool, total: int
+    ) -> _Job:
+        projector = make_projector(opts.projection, opts.projection_dim, opts.projection_seed)
+        progress = Progress(total, f"{kind} gradient features", unit="sample-checkpoints")
+        return cls(load_checkpoint(first), kind, projector, opts.batch_size if batched else 0, reuse_prefix, progress)
 
-        if path is not None and path.exists():
-            self.progress.update(len(encoded))
-            return np.load(path)
-        buf = torch.zeros(
-            len(encoded),
-            self.loaded.layout.total,  # rows that do not fit stay zero
-            device=self.loaded.layout.modules[0].weight.device,
-        )
+    def shard(self, checkpoints: list[Path], encoded: list[Row | None], paths: list[Path | None]) -> list[np.ndarray]:
+        """One shard's features at each checkpoint: read back where its file exists, else computed.
+
+        Longest samples first (little padding); the prefix states of every batch are computed once
+        and kept while each checkpoint's weights are swapped in.
+        """
+        out = [np.load(p) if p is not None and p.exists() else None for p in paths]
+        todo = [j for j, o in enumerate(out) if o is None]
+        self.progress.update(len(encoded) * (len(out) - len(todo)))
+        if not todo:
+            return out
         order = sorted((i for i, r in enumerate(encoded) if r is not None), key=lambda i: -len(encoded[i]["input_ids"]))
-        for s in range(0, len(order), self.batch_size or 1):
-            idx = order[s : s + (self.batch_size or 1)]
-            grads = _grads(self.loaded, [encoded[i] for i in idx], batched=self.batch_size > 0)
-            buf[idx] = self.transform(grads) if self.transform is not None else grads
-            self.progress.update(len(idx))
-        self.progress.update(len(encoded) - len(order))
-        feats = l2_normalise(self.projector.project(buf))
-        if path is not None:
-            save_npy(path, feats)
-        return feats
+        steps = [self._step([encoded[i] for i in idx], idx) for idx in _chunks(order, self.batch_size or 1)]
+        for j in todo:
+            activate(self.loaded, checkpoints[j])
+            transform = (
+                adam_transform(checkpoints[j], self.loaded.layout, self.loaded.device) if self.kind == "adam" else None
+            )
+            stream = self.projector.stream(len(encoded), self.loaded.layout.total, self.loaded.device)
+            for step in steps:
+                for offset, block in self._blocks(step):
+                    stream.add(step.rows, offset, block if transform is None else transform(offset, block))
+                self.progress.update(len(step.rows))
+            self.progress.update(len(encoded) - len(order))
+            out[j] = l2_normalise(stream.result())
+            if paths[j] is not None:
+                save_npy(paths[j], out[j])
+        return out
+
+    def _step(self, rows: list[Row], idx: list[int]) -> _Step:
+        """A batch, collated, with its frozen-prefix states (where the path uses them)."""
+        if not self.batch_size:
+            return _Step(torch.tensor(idx), rows, None, None)
+        batch = collate(rows, self.loaded.tok.pad_token_id, self.loaded.device)
+        depth = self.loaded.depth if self.reuse_prefix else 0
+        return _Step(
+            torch.tensor(idx),
+            rows,
+            batch,
+            prefix_states(self.loaded.model, depth, batch.input_ids, batch.attention_mask),
+        )
+
+    def _blocks(self, step: _Step) -> Iterator[tuple[int, torch.Tensor]]:
+        if step.batch is None:  # LESS's loop: the model's own loss, whole vectors
+            yield 0, loop_grads(self.loaded.model, self.loaded.layout, step.encoded)
+        else:
+            yield from grad_blocks(self.loaded.model, self.loaded.layout, step.batch, step.prefix)
 
 
-def _grads(loaded: Loaded, rows: list[Row], batched: bool) -> torch.Tensor:
-    if not batched:
-        return loop_grads(loaded.model, loaded.layout, rows)
-    device = loaded.layout.modules[0].weight.device
-    return batched_grads(loaded.model, loaded.layout, collate(rows, loaded.tok.pad_token_id, device))
+@dataclass
+class _Step:
+    rows: torch.Tensor  # the samples' rows in the shard
+    encoded: list[Row]
+    batch: Batch | None  # None: one sample at a time (LESS's loop)
+    prefix: Prefix | None
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for s in range(0, len(items), size):
+        yield items[s : s + size]
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

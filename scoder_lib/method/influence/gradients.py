@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from scoder_lib.method.influence.prefix import Prefix, resumed
 from scoder_lib.method.train import IGNORE
 
 Row = dict[str, list[int]]  # train.encode's output: input_ids, labels, attention_mask
@@ -97,18 +98,20 @@ def collate(encoded: list[Row], pad_id: int, device: Any = "cpu") -> Batch:
     return Batch(*(t.to(device) for t in parts))
 
 
-def _sum_of_means(model: Any, batch: Batch) -> torch.Tensor:
+def _sum_of_means(model: Any, batch: Batch, prefix: Prefix | None = None) -> torch.Tensor:
     """sum over samples of each sample's mean response-token loss: d/d(sample b) = its own gradient.
 
     Logits only at the predicting positions: the 49k-word head is a fifth of SmolLM2's forward.
+    With a prefix, the decoder starts from its saved states (the frozen layers are not run again).
     """
 
     causal = model.get_base_model()
     if getattr(causal.config, "final_logit_softcapping", None):
         raise ValueError("logit soft-capping is not supported by the response-only head")
-    hidden = causal.get_decoder()(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    ).last_hidden_state
+    with resumed(model, prefix):
+        hidden = causal.get_decoder()(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state
     logits = causal.get_output_embeddings()(hidden[batch.rows, batch.cols]).float()
     nll = F.cross_entropy(logits, batch.targets, reduction="none")
     return (nll / batch.counts[batch.rows]).sum()
@@ -137,28 +140,36 @@ class _Taps:
         return hook
 
 
-def batched_grads(model: Any, layout: Layout, batch: Batch) -> torch.Tensor:
-    """B x P per-sample gradients from one backward.
+def grad_blocks(
+    model: Any, layout: Layout, batch: Batch, prefix: Prefix | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Per-sample gradients from one backward, weight by weight: (offset in the layout, B x size).
 
     For a Linear y = W x, sample b's gradient is sum_t dL_b/dy_t (x) x_t: the output gradients come
     from one autograd.grad of the summed per-sample means (to the layer outputs, so no weight
     gradient is formed), the inputs from forward hooks. For lora_B that is sum_t delta_t (x) (A x_t)
-    scaled, for lora_A sum_t (B^T delta_t scale) (x) x_t. Padded positions are zeroed.
+    scaled, for lora_A sum_t (B^T delta_t scale) (x) x_t. Padded positions are zeroed. One weight's
+    block at a time: a projection can consume it before the next one is formed.
     """
 
     with _Taps(layout.modules) as taps:
-        loss = _sum_of_means(model, batch)
+        loss = _sum_of_means(model, batch, prefix)
     hooked = sorted(taps.outputs)
     grads = dict(zip(hooked, torch.autograd.grad(loss, [taps.outputs[i] for i in hooked], allow_unused=True)))
-    flat = torch.zeros(batch.input_ids.shape[0], layout.total, device=loss.device)
     mask = batch.attention_mask[..., None].to(torch.float32)
     offset = 0
     for i, size in enumerate(layout.sizes):
         if grads.get(i) is not None:  # a layer that never reaches the loss has zero gradient
             per_sample = torch.bmm((grads[i] * mask).transpose(1, 2), taps.inputs[i])
-            flat[:, offset : offset + size] = per_sample.reshape(len(per_sample), -1)
+            yield offset, per_sample.reshape(len(per_sample), -1)
+        else:
+            yield offset, torch.zeros(len(mask), size, device=mask.device)
         offset += size
-    return flat
+
+
+def batched_grads(model: Any, layout: Layout, batch: Batch, prefix: Prefix | None = None) -> torch.Tensor:
+    """B x P per-sample gradients from one backward (`grad_blocks`, concatenated)."""
+    return torch.cat([block for _, block in grad_blocks(model, layout, batch, prefix)], dim=1)
 
 
 def loop_grads(model: Any, layout: Layout, encoded: list[Row]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from scoder_lib.core.config import InfluenceOptions
-from scoder_lib.method.influence.features import gradient_features
+from scoder_lib.method.influence.features import checkpoint_features
 from scoder_lib.method.train import Example
 
 
@@ -56,12 +56,8 @@ def influence(
     if opts.max_target_samples is not None and len(targets) > opts.max_target_samples:
         pick = np.random.default_rng(opts.projection_seed).choice(len(targets), opts.max_target_samples, replace=False)
         targets = [targets[i] for i in sorted(pick)]
-    cand, tgt = [], []
-    for ckpt in checkpoints:
-        cand.append(
-            gradient_features(ckpt, candidates, kind="adam", opts=opts, max_seq_len=max_seq_len, cache_dir=cache_dir)
-        )
-        tgt.append(
-            gradient_features(ckpt, targets, kind="sgd", opts=opts, max_seq_len=max_seq_len, cache_dir=cache_dir)
-        )
+    # All checkpoints at once: they share one model and the frozen prefix's states of each sample.
+    common = {"opts": opts, "max_seq_len": max_seq_len, "cache_dir": cache_dir}
+    cand = checkpoint_features(checkpoints, candidates, kind="adam", **common)
+    tgt = checkpoint_features(checkpoints, targets, kind="sgd", **common)
     return influence_scores(cand, tgt, [checkpoint_lr(c) for c in checkpoints], opts.aggregate)
