@@ -38,6 +38,14 @@ class VllmOptions(Section):
     max_lora_rank: int = 64
 
 
+class LlamaCppOptions(Section):
+    # Worker processes, each decoding one sequence at a time with `threads` threads (2 x 1 is the
+    # fastest layout measured on a 2-core CPU); not part of the outputs' cache key.
+    workers: int = 2
+    threads: int = 1
+    n_ctx: int = 2048  # context per worker: prompt + new tokens must fit
+
+
 class OpenAIOptions(Section):
     base_url: str = "https://api.openai.com/v1"
     # Name of the environment variable holding the key; the key itself never enters params or logs.
@@ -54,7 +62,7 @@ class ModelSpec(Section):
     """Which model and how to run it. `name`: smollm2-135m-instruct | micro | hub id | folder | .gguf file."""
 
     name: str
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "llamacpp"] = "transformers"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     revision: str | None = None
     gguf_file: str | None = None
@@ -64,6 +72,7 @@ class ModelSpec(Section):
     python: str | None = None
     vllm: VllmOptions = VllmOptions()
     openai: OpenAIOptions = OpenAIOptions()
+    llamacpp: LlamaCppOptions = LlamaCppOptions()
 
 
 class Sampling(Section):
