@@ -47,7 +47,8 @@ class Assumptions:
     prefill_mfu: float = 0.5  # prompt processing under vLLM
     rating_mfu: float = 0.25  # the rater: one candidate at a time, eager transformers
     rating_overhead_s: float = 0.05  # per candidate on a GPU (Python, cache copies for the Z suffixes)
-    influence_fp32_efficiency: float = 0.5  # share of FP32 peak the float32 per-sample gradients reach
+    influence_fp32_efficiency: float = 0.5
+    hbm_bytes_s: float = 3.0e12  # GPU memory bandwidth the sparse projection's scatter-adds reach  # share of FP32 peak the float32 per-sample gradients reach
     # vLLM throughput scales with 8B / parameters, but small models hit CPU overheads: at most this factor.
     vllm_small_speedup_cap: float = 3.0
     vllm_startup_s: float = 90.0  # one vLLM engine start (weights, CUDA graphs), per model served
@@ -82,6 +83,7 @@ DOCS: dict[str, str] = {
     "rating_mfu": "guess: batch 1, ~1,000-token prefix, eager attention",
     "rating_overhead_s": "guess",
     "influence_fp32_efficiency": "guess: large float32 matmuls reach about half of the FP32 (non-tensor-core) peak",
+    "hbm_bytes_s": "guess: about 90% of an H100's 3.35 TB/s (datasheet); scatter-adds with atomics may reach less",
     "vllm_small_speedup_cap": "guess: vLLM v0.5 was CPU-bound already at 8B (blog.vllm.ai/2024/09/05/perf-update.html)",
     "vllm_startup_s": "guess: loading 15 GB of weights and capturing CUDA graphs",
     "hf_load_s_per_b_params": "guess: float32 weights from local disk at 1-2 GB/s, plus building the model",

@@ -124,6 +124,16 @@ CPU_PROJECTION_NS = Constant(
     "ns per (LoRA parameter x dimension)",
     f"{MEASURED}: the projection's +-1 block generation (numpy PCG64), three runs 0.95-1.29",
 )
+CPU_SJLT_NS = Constant(
+    3.6,
+    "ns per (LoRA parameter x sample)",
+    f"{MEASURED}: the sparse JL projection (scripts/bench_influence.py, P = 1e8 and 3.2e8, codes cached)",
+)
+SJLT_BYTES_PER_PARAM = Constant(
+    10.0,
+    "bytes moved per (LoRA parameter x sample) on a GPU",
+    "from the algorithm: the gradient read (4), its hash code (5), the scatter-add (~1, amortised)",
+)
 CPU_FIT_STEP_S = Constant(
     2.8e-5, "s/gradient step", f"{MEASURED}: the aspect-weight logistic fit, 12 rows (numpy, one thread)"
 )

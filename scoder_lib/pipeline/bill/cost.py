@@ -1,7 +1,7 @@
 """From counts to time: GPU seconds on a named GPU and CPU seconds on the 2-core reference machine.
 
 GPU time is the time a stage holds the GPU: its compute, plus what the GPU waits for (engine
-starts, merges, the projection's blocks made on the host, the sandbox). CPU time is the wall time
+starts, merges, the projection, the sandbox). CPU time is the wall time
 of the same work on the reference machine, from the measured throughputs of SmolLM2-135M scaled by
 FLOPs (at most `cpu_small_speedup_cap` faster for smaller models).
 """
@@ -23,9 +23,24 @@ def price(w: Work, gpu: k.Gpu, a: Assumptions, cpu_warnings: list[str]) -> Work:
     w.gpu_s = gpu_seconds(w, gpu, a)
     w.cpu_s = cpu_seconds(w, a, cpu_warnings)
     if w.kind == "gradients" and w.gpu_s:
-        blocks = w.shards * w.lora_params * w.projection_dim * k.CPU_PROJECTION_NS.value * 1e-9
-        w.note = f"{blocks / w.gpu_s:.0%} of its GPU time waits for projection blocks made on the host"
+        w.note = f"{_projection_gpu(w, gpu, a) / w.gpu_s:.0%} of its GPU time is the projection ({w.projection})"
     return w
+
+
+def _projection_gpu(w: Work, gpu: k.Gpu, a: Assumptions) -> float:
+    """sjlt: one signed scatter-add a parameter, memory-bound; rademacher (LESS): the +-1 blocks are
+    made with numpy on the host for every shard, copied over, then multiplied (P x D a sample)."""
+    if w.projection == "none":
+        return 0.0
+    if w.projection == "sjlt":
+        return w.grad_passes * w.lora_params * k.SJLT_BYTES_PER_PARAM.value / a.hbm_bytes_s
+    fp32 = gpu.fp32_flops.value * a.influence_fp32_efficiency
+    blocks = w.shards * w.lora_params * w.projection_dim
+    return (
+        blocks * k.CPU_PROJECTION_NS.value * 1e-9
+        + blocks * FLOAT32_BYTES / gpu.h2d_bytes_s.value
+        + 2.0 * w.lora_params * w.projection_dim * w.grad_passes / fp32
+    )
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -41,13 +56,7 @@ def gpu_seconds(w: Work, gpu: k.Gpu, a: Assumptions) -> float:
         return w.flops / (peak * a.rating_mfu) + w.ratings * a.rating_overhead_s + start
     if w.kind == "gradients":
         fp32 = gpu.fp32_flops.value * a.influence_fp32_efficiency
-        blocks = w.shards * w.lora_params * w.projection_dim
-        projection = (
-            blocks * k.CPU_PROJECTION_NS.value * 1e-9  # the +-1 blocks are made on the host, per shard
-            + blocks * FLOAT32_BYTES / gpu.h2d_bytes_s.value  # ... and copied to the GPU
-            + 2.0 * w.lora_params * w.projection_dim * w.grad_passes / fp32
-        )
-        return w.flops / fp32 + projection + start
+        return w.flops / fp32 + _projection_gpu(w, gpu, a) + start
     if w.kind == "sandbox":
         return sandbox_seconds(w, a)
     return 0.0  # api (paid in dollars), host (runs without a GPU)
@@ -84,10 +93,8 @@ def cpu_seconds(w: Work, a: Assumptions, warnings: list[str]) -> float:
         return w.trained_tokens / k.CPU_TRAIN_TOK_S.value * per_token + w.loads * k.CPU_TRAIN_SETUP_S.value
     if w.kind == "gradients":
         per_token = _scale_flops(w.flops / max(w.grad_tokens, 1.0), a)
-        blocks = w.shards * w.lora_params * w.projection_dim * k.CPU_PROJECTION_NS.value * 1e-9
-        matmul = 2.0 * w.lora_params * w.projection_dim * w.grad_passes / (k.CPU_GRAD_TOK_S.value * REF_LORA_FLOPS)
         passes = w.grad_tokens / k.CPU_GRAD_TOK_S.value * per_token
-        return passes + blocks + matmul + w.loads * k.CPU_GRAD_SETUP_S.value
+        return passes + _projection_cpu(w) + w.loads * k.CPU_GRAD_SETUP_S.value
     if w.kind == "rate":
         if not w.ratings:
             return 0.0
@@ -105,6 +112,16 @@ def _scale(params: float, a: Assumptions) -> float:
 
 def _scale_flops(per_token: float, a: Assumptions) -> float:
     return max(per_token / REF_LORA_FLOPS, 1.0 / a.cpu_small_speedup_cap)
+
+
+def _projection_cpu(w: Work) -> float:
+    if w.projection == "none":
+        return 0.0
+    if w.projection == "sjlt":
+        return w.grad_passes * w.lora_params * k.CPU_SJLT_NS.value * 1e-9
+    blocks = w.shards * w.lora_params * w.projection_dim * k.CPU_PROJECTION_NS.value * 1e-9
+    matmul = 2.0 * w.lora_params * w.projection_dim * w.grad_passes / (k.CPU_GRAD_TOK_S.value * REF_LORA_FLOPS)
+    return blocks + matmul
 
 
 def _cpu_gen_rate(backend: str, batch: int, warnings: list[str]) -> float:

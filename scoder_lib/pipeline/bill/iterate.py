@@ -151,6 +151,7 @@ def gradients(c: Ctx, stage: str, t: int, m: int, selected: int, targets: int) -
         grad_tokens=grad_tokens,
         lora_params=width,
         projection_dim=inf.projection_dim,
+        projection=inf.projection,
         shards=m * (math.ceil(selected / rows) + math.ceil(targets / rows)),
         flops=grad_tokens * gradient_flops(size, lora),
         precision="fp32",  # features.load_checkpoint loads the model in float32

@@ -40,6 +40,7 @@ class Work:
     grad_tokens: float = 0.0
     lora_params: float = 0.0  # gradient width (projection cost)
     projection_dim: int = 0
+    projection: str = "sjlt"  # influence.projection: sjlt costs ~P a sample, rademacher ~P x D
     shards: int = 0  # projection calls (each regenerates the +-1 blocks)
     ratings: int = 0
     forward_tokens: float = 0.0
