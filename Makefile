@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RUN_STAGE = $(PY) -m scoder_lib.pipeline.runner stage --run $(RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help reproduce stages synthesizer FORCE plan report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
+.PHONY: help reproduce rehearse stages synthesizer FORCE plan report lab lint test test-slow test-all test-vllm venv venv-vllm model clean-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -45,6 +45,11 @@ model: venv  ## prepare (convert and cache) the models the profile names
 # ---------------------------------------------------------------- the study
 reproduce: model  ## run every stage of PROFILE into outputs/RUN (skips what is up to date)
 	@$(MAKE) --no-print-directory stages PROFILE=$(PROFILE) RUN=$(RUN)
+
+# The paper profile's wiring at toy sizes on this machine (params/paper-rehearsal.yaml): vLLM in its venv,
+# adapters served by one engine, a replay teacher bought from over HTTP, a launcher, ablation runs.
+rehearse: venv venv-vllm  ## rehearse the paper run's plumbing on the CPU (PROFILE=paper-rehearsal RUN=rehearsal)
+	@PY=$(PY) OUTPUTS=$(OUTPUTS) MAKE="$(MAKE)" bash scripts/rehearse.sh
 
 ifneq ($(filter stages synthesizer $(OUTPUTS)/%,$(MAKECMDGOALS)),)
 # Validate params and refresh stamps before make compares any timestamps.

@@ -28,7 +28,7 @@ def describe(run: Run, arm: ArmOptions) -> str:
         return "enhanced synthesizer (02)"
     if arm.data == "method":
         return f"final synthesizer of this run (after {cfg.iterate.iterations} iterations)"
-    return f"final synthesizer of run '{arm.run}'"
+    return f"final synthesizer of run '{arm.run}' (profile {arm.profile})"
 
 
 def asked_size(run: Run, arm: ArmOptions) -> int | None:

@@ -13,6 +13,7 @@ from nbconvert import HTMLExporter
 
 from scoder_lib.core.io import read_json, write_text
 from scoder_lib.core.run import MARKER, Run, StageRef
+from scoder_lib.pipeline.engines import one_line
 
 HEADLINE_METRICS = 8  # metrics shown per stage on the index; the rest are in the stage report
 
@@ -54,9 +55,11 @@ def _stage_block(run: Run, ref: StageRef) -> str:
     if done:
         parts.append(f' <span class="wall">{_fmt(run.wall_s(ref))} s</span>')
     parts.append("</h2>")
-    isolation = read_json(folder / MARKER).get("isolation") if done else None
-    if isolation:
-        parts.append(f'<p class="wall">untrusted code ran under: {html.escape(isolation)}</p>')
+    marker = read_json(folder / MARKER) if done else {}
+    if marker.get("engines"):
+        parts.append(f'<p class="wall">ran with: {html.escape(one_line(marker["engines"]))}</p>')
+    if marker.get("isolation"):
+        parts.append(f'<p class="wall">untrusted code ran under: {html.escape(marker["isolation"])}</p>')
     metrics = run.metrics(ref.key, ref.iteration)
     if metrics:
         rows = "".join(

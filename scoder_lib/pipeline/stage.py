@@ -16,6 +16,7 @@ from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_json
 from scoder_lib.core.logs import get_logger, setup_logging
 from scoder_lib.core.run import MARKER, Run, StageRef
+from scoder_lib.pipeline.engines import stage_engines
 from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
 log = get_logger(__name__)
@@ -76,6 +77,9 @@ class Stage:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "notebook_wall_s": round(wall, 1),
         }
+        engines = stage_engines(self.cfg, self.key)
+        if engines:  # which backend and launcher ran this stage's models and training
+            marker["engines"] = engines
         if self.ref.defn.runs_untrusted_code:
             marker["isolation"] = summary(isolation_in_force(self.cfg.execution.isolation))
         write_json(self.path(MARKER), marker)

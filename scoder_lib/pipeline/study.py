@@ -14,13 +14,15 @@ import torch
 from scoder_lib.core.io import read_json
 from scoder_lib.core.run import Run
 from scoder_lib.evaluation import anchors
+from scoder_lib.pipeline.engines import one_line
 from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasketch", "papermill", "vllm", "openai")
 
 
 def stage_walls(run: Run) -> pd.DataFrame:
-    """Per stage: done, wall seconds, when it finished, and the isolation untrusted code ran under."""
+    """Per stage: done, wall seconds, when it finished, what ran its models and training (backend,
+    launcher), and the isolation untrusted code ran under."""
     rows = []
     for ref in run.instances:
         marker = read_json(run.marker(ref)) if run.marker(ref).exists() else {}
@@ -30,6 +32,7 @@ def stage_walls(run: Run) -> pd.DataFrame:
                 "done": bool(marker),
                 "wall_s": run.wall_s(ref),
                 "finished_at": marker.get("finished_at"),
+                "ran_with": one_line(marker.get("engines", {})),
                 "isolation": marker.get("isolation", ""),
             }
         )
@@ -145,9 +148,16 @@ def costs(run: Run) -> pd.DataFrame:
 
 
 def summary_html(
-    facts: dict[str, Any], claims: pd.DataFrame, table: pd.DataFrame, curves: pd.DataFrame, walls: pd.DataFrame
+    facts: dict[str, Any],
+    claims: pd.DataFrame,
+    table: pd.DataFrame,
+    curves: pd.DataFrame,
+    walls: pd.DataFrame,
+    arm_table: pd.DataFrame | None = None,
+    cost_table: pd.DataFrame | None = None,
 ) -> str:
-    """The block that opens the index page: what the run shows and how sure it is, then the evidence."""
+    """The block that opens the index page: what the run shows and how sure it is, then the evidence
+    (with the arms, ablation runs included, the data's cost and what ran each stage, when given)."""
     total = pd.to_numeric(walls.wall_s, errors="coerce").sum()
     parts = [
         f"<h2>Study summary</h2><p>Profile <b>{facts['profile']}</b>: {facts['description']}<br>"
@@ -176,6 +186,19 @@ def summary_html(
         cols = [c for c in curves if c.startswith("heldout_")]
         parts.append(
             "<h3>Held-out synthesis per synthesizer (-1 = base, 0 = enhanced)</h3>" + curves[cols].round(3).to_html()
+        )
+    if arm_table is not None and not arm_table.empty:
+        parts.append(
+            "<h3>Arms</h3><p>What each student was trained on (an arm fed by another run is an ablation): "
+            "asked, available after the filters, got.</p>" + arm_table.to_html(na_rep="")
+        )
+    if cost_table is not None and not cost_table.empty:
+        parts.append("<h3>Cost of the data</h3>" + cost_table.to_html(na_rep=""))
+    if "ran_with" in walls and (walls.ran_with != "").any():
+        rows = walls[walls.ran_with != ""]
+        parts.append(
+            "<h3>What ran each stage</h3><p>Backend of each model and launcher of each training, per stage.</p>"
+            + rows[["stage", "ran_with"]].to_html(index=False)
         )
     return "".join(parts)
 
