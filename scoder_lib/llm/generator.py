@@ -54,6 +54,10 @@ def make_backend(spec: ModelSpec, cache_dir: Path, model_path: str | None = None
     require_backend(spec, "model spec")
     if spec.python is not None:
         return WorkerBackend(spec, cache_dir, model_path)
+    if spec.backend == "llamacpp":
+        from scoder_lib.llm.llamacpp_backend import LlamaCppBackend  # noqa: PLC0415 - optional llama-cpp-python
+
+        return LlamaCppBackend(spec, cache_dir, model_path)
     ref = models.prepare(spec if model_path is None else spec.model_copy(update={"name": model_path}), cache_dir)
     if spec.backend == "transformers":
         # Lazy on purpose: each backend pulls its own heavy stack; a stage loads only the one it uses.
