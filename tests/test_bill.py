@@ -67,7 +67,11 @@ def test_a_synthesizer_with_one_checkpoint_is_sampled_once(tmp_path):
     kept sample, so iteration 2 sampled 1 checkpoint (as that measured run reported: 12 candidates in
     iteration 1, 6 in iteration 2)."""
     old = {
-        "seed_stage": {"teacher": {"seed_file": "data/seed/seed_v1.jsonl"}, "prompt_version": "v1"},
+        "seed_stage": {
+            "teacher": {"seed_file": "data/seed/seed_v1.jsonl"},
+            "prompt_version": "v1",
+            "train": {"epochs": 2, "max_seq_len": 1024},
+        },
         "iterate": {"snippets_per_iteration": 3, "samples_per_checkpoint": 2, "keep_top_fraction": 0.5},
         "influence": {"max_target_samples": 8, "control": [], "train": {"epochs": 2}},
     }
