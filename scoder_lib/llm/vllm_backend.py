@@ -62,7 +62,11 @@ class VllmBackend(Backend):
             model = str(merged_checkpoint(ref, models_dir(Path(cache_dir or DEFAULT_CACHE_DIR))))
         self.fingerprint = cache_key(ref.fingerprint, spec.dtype, adapter=self.lora is not None)
         revision = None if ref.is_local else spec.revision  # a hub id's pinned revision
-        self.args = engine_args(model, _tokenizer_source(ref), spec, spec.vllm.lora_as_adapter, revision)
+        # An adapter's engine detokenizes with its base's tokenizer: the engine's arguments are its key, and a
+        # checkpoint's own copy of that tokenizer would start one engine per checkpoint (prompts are encoded
+        # by self.tok, loaded from the checkpoint as the transformers backend does).
+        engine_tok = model if self.lora is not None else _tokenizer_source(ref)
+        self.args = engine_args(model, engine_tok, spec, spec.vllm.lora_as_adapter, revision)
         # The transformers backend's tokenizer, loaded the same way (not vLLM's wrapper of it).
         self.tok = transformers.AutoTokenizer.from_pretrained(_tokenizer_source(ref))
         self.eos = _eos_ids(self.tok, self.llm.llm_engine.model_config)
