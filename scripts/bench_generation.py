@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 
 # Heavy imports live in main(): llama.cpp workers are spawned processes, which import this file again.
@@ -36,6 +37,12 @@ def _requests(profile: str, n: int) -> tuple[list, object]:
     return [GenRequest.chat(messages(r.snippet, "v2"), sampling, seed=i) for i, r in enumerate(rows)], cfg
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (on a shared machine, wall rates are CPU shares)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _bench(label: str, spec, cache, requests: list, warmup: bool = False) -> dict:
     from scoder_lib.llm.base import GenRequest  # noqa: PLC0415
     from scoder_lib.llm.generator import make_backend  # noqa: PLC0415
@@ -49,12 +56,13 @@ def _bench(label: str, spec, cache, requests: list, warmup: bool = False) -> dic
         backend.generate([GenRequest(prompt="Hi", max_new_tokens=1)])
     setup = time.perf_counter() - start
     print(f"{label}: generating {len(requests)} requests ...", flush=True)
-    start = time.perf_counter()
+    cpu0, start = _cpu_s(), time.perf_counter()
     results = backend.generate(requests)
     wall = time.perf_counter() - start
-    backend.close()
+    backend.close()  # workers reaped: their CPU time is in RUSAGE_CHILDREN (it includes their model load)
+    cpu = _cpu_s() - cpu0
     tokens = sum(c.tokens for r in results for c in r.completions)
-    out = {"backend": label, "setup_s": setup, "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall}
+    out = {"backend": label, "setup_s": setup, "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall, "cpu_s": cpu}
     print(f"{label}: {tokens} tokens in {wall:.1f}s = {out['tok_s']:.1f} tok/s (set-up {setup:.1f}s)", flush=True)
     return out
 
@@ -100,13 +108,14 @@ def _report(runs: list[dict], out: str | None) -> None:
     base = next((r["tok_s"] for r in runs if r["backend"].startswith("transformers")), None)
     for r in runs:
         r["ratio_vs_transformers"] = r["tok_s"] / base if base else None
-    print("\n| backend | set-up s | generated tokens | wall s | tok/s | vs transformers |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| backend | set-up s | generated tokens | wall s | tok/s | vs transformers | CPU s | tok per 2 CPU-s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         ratio = f"{r['ratio_vs_transformers']:.2f}x" if base else "-"
-        print(
+        row = (
             f"| {r['backend']} | {r['setup_s']:.1f} | {r['tokens']} | {r['wall_s']:.1f} | {r['tok_s']:.1f} | {ratio} |"
         )
+        print(row + f" {r['cpu_s']:.0f} | {r['tokens'] / max(r['cpu_s'] / 2, 1e-9):.1f} |")
     print(f"load average after: {os.getloadavg()}")
     if out:
         with open(out, "w") as fh:
