@@ -17,7 +17,17 @@ from scoder_lib.evaluation import anchors
 from scoder_lib.pipeline.engines import one_line
 from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasketch", "papermill", "vllm", "llama_cpp_python", "openai")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasketch",
+    "papermill",
+    "vllm",
+    "llama_cpp_python",
+    "openai",
+)
 
 
 def stage_walls(run: Run) -> pd.DataFrame:

@@ -47,8 +47,8 @@ class Assumptions:
     prefill_mfu: float = 0.5  # prompt processing under vLLM
     rating_mfu: float = 0.25  # the rater: one candidate at a time, eager transformers
     rating_overhead_s: float = 0.05  # per candidate on a GPU (Python, cache copies for the Z suffixes)
-    influence_fp32_efficiency: float = 0.5
-    hbm_bytes_s: float = 3.0e12  # GPU memory bandwidth the sparse projection's scatter-adds reach  # share of FP32 peak the float32 per-sample gradients reach
+    influence_fp32_efficiency: float = 0.5  # share of FP32 peak the float32 per-sample gradients reach
+    hbm_bytes_s: float = 3.0e12  # GPU memory bandwidth the sparse projection's scatter-adds reach
     # vLLM throughput scales with 8B / parameters, but small models hit CPU overheads: at most this factor.
     vllm_small_speedup_cap: float = 3.0
     vllm_startup_s: float = 90.0  # one vLLM engine start (weights, CUDA graphs), per model served
