@@ -10,14 +10,14 @@ from __future__ import annotations
 from scoder_lib.core.config import Config, ModelSpec, TrainOptions
 
 
-def describe_model(spec: ModelSpec) -> str:
+def describe_model(spec: ModelSpec, lora: bool = True) -> str:
     """e.g. "vllm smollm2-135m-instruct (worker .venv-vllm/bin/python; LoRA checkpoints as adapters)"."""
     notes = []
     if spec.python:
         notes.append(f"worker {spec.python}")
     else:
         notes.append("in-process" if spec.backend != "openai" else f"at {spec.openai.base_url}")
-    if spec.backend == "vllm":
+    if spec.backend == "vllm" and lora:  # lora: the model it serves may be a LoRA checkpoint
         adapters = spec.vllm.lora_as_adapter
         notes.append("LoRA checkpoints as adapters of one engine" if adapters else "LoRA checkpoints merged")
     return f"{spec.backend} {spec.name} ({'; '.join(notes)})"
@@ -57,7 +57,7 @@ def stage_engines(cfg: Config, key: str) -> dict[str, str]:
             out["teacher dataset"] = teacher.dataset.path or teacher.dataset.dataset or "?"
         return out
     if key == "06_evaluate":
-        return {"students": describe_model(cfg.final.student)}
+        return {"students": describe_model(cfg.final.student, lora=cfg.final.train.method == "lora")}
     return {}
 
 
