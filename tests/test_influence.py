@@ -31,18 +31,16 @@ def _examples(n: int, offset: int = 0) -> list[Example]:
     ]
 
 
+def _train(micro_ref, folder, lora: LoraOptions):
+    """A real LoRA run on the micro model, 2 checkpoints."""
+    opts = TrainOptions(epochs=2, batch_size=4, learning_rate=3e-3, num_checkpoints=2, max_seq_len=256, lora=lora)
+    return sft(_examples(8), micro_ref.path, folder, opts, micro_ref.fingerprint)
+
+
 @pytest.fixture(scope="module")
 def run(micro_ref, tmp_path_factory):
-    """A real LoRA run on the micro model: all layers and modules, dropout on, 2 checkpoints."""
-    opts = TrainOptions(
-        epochs=2,
-        batch_size=4,
-        learning_rate=3e-3,
-        num_checkpoints=2,
-        max_seq_len=256,
-        lora=LoraOptions(r=4, dropout=0.1),
-    )
-    return sft(_examples(8), micro_ref.path, tmp_path_factory.mktemp("influence") / "run", opts, micro_ref.fingerprint)
+    """All layers and modules, dropout on."""
+    return _train(micro_ref, tmp_path_factory.mktemp("influence") / "run", LoraOptions(r=4, dropout=0.1))
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,16 +126,8 @@ OPTS = InfluenceOptions(projection_dim=256, projection_seed=5, batch_size=3)
 
 @pytest.fixture(scope="module")
 def run_last(micro_ref, tmp_path_factory):
-    """LoRA on the last layer only (as tiny has it on the last 8 of 30), 2 checkpoints: a frozen prefix."""
-    opts = TrainOptions(
-        epochs=2,
-        batch_size=4,
-        learning_rate=3e-3,
-        num_checkpoints=2,
-        max_seq_len=256,
-        lora=LoraOptions(r=4, last_layers=1),
-    )
-    return sft(_examples(8), micro_ref.path, tmp_path_factory.mktemp("influence") / "last", opts, micro_ref.fingerprint)
+    """LoRA on the last layer only (as tiny has it on the last 8 of 30): a frozen prefix."""
+    return _train(micro_ref, tmp_path_factory.mktemp("influence") / "last", LoraOptions(r=4, last_layers=1))
 
 
 def test_features_batched_equal_loop_and_are_unit(run):

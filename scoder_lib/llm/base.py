@@ -92,6 +92,16 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 @dataclass
+class Row:
+    """One sequence a backend decodes: request index, sample index, prompt ids, the request."""
+
+    req: int
+    sample: int
+    ids: list[int]
+    request: GenRequest
+
+
+@dataclass
 class Completion:
     text: str
     finish_reason: str  # "stop" (EOS or a stop string) | "length"

@@ -28,7 +28,7 @@ from scoder_lib.core.config import REPO_ROOT, ModelSpec
 from scoder_lib.core.hashing import fingerprint, sha256_file
 from scoder_lib.core.logs import get_logger
 from scoder_lib.llm import gguf_lora, llamacpp_worker, models
-from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult, prompt_ids, sample_seed
+from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult, Row, prompt_ids, sample_seed
 
 log = get_logger(__name__)
 
@@ -107,14 +107,6 @@ def _base_gguf(spec: ModelSpec, base: Path) -> tuple[Path, str]:
 
 class WorkerError(RuntimeError):
     """A llama.cpp worker failed to load the model or died while decoding."""
-
-
-@dataclass
-class _Row:
-    req: int
-    sample: int
-    ids: list[int]
-    request: GenRequest
 
 
 class LlamaCppBackend(Backend):
@@ -249,7 +241,7 @@ class LlamaCppBackend(Backend):
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         encoded = [self.encode(req) for req in requests]
         rows = [
-            _Row(i, s, ids, req)
+            Row(i, s, ids, req)
             for i, (req, ids) in enumerate(zip(requests, encoded))
             for s in range(1 if req.greedy else req.n)  # greedy samples are identical: decode once
         ]
@@ -269,7 +261,7 @@ class LlamaCppBackend(Backend):
                 res.completions = [Completion(**vars(res.completions[0])) for _ in range(req.n)]
         return results
 
-    def _run(self, rows: list[_Row]) -> dict[int, tuple[list[int], str]]:
+    def _run(self, rows: list[Row]) -> dict[int, tuple[list[int], str]]:
         """Hand every row to the pool (longest prompts first: workers take the next one when free)."""
         self.start()
         for k in sorted(range(len(rows)), key=lambda k: -len(rows[k].ids)):
@@ -297,7 +289,7 @@ class LlamaCppBackend(Backend):
                 )
         return outputs
 
-    def _completion(self, row: _Row, ids: list[int], finish: str) -> Completion:
+    def _completion(self, row: Row, ids: list[int], finish: str) -> Completion:
         text = self.tok.decode(ids, skip_special_tokens=True)
         if finish == "stop":  # a stop string: cut at its first occurrence, as the transformers backend does
             cut = min((text.find(s) for s in row.request.stop if s in text), default=-1)

@@ -16,16 +16,12 @@ from transformers import DynamicCache
 
 from scoder_lib.core.config import ModelSpec
 from scoder_lib.core.hashing import fingerprint
-from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult, prompt_ids, sample_seed
+from scoder_lib.llm.base import Backend, Completion, GenRequest, GenResult, Row, prompt_ids, sample_seed
 from scoder_lib.llm.models import ModelRef, load
 
 
 @dataclass
-class _Row:
-    req: int
-    sample: int
-    ids: list[int]
-    request: GenRequest
+class _Row(Row):
     gen: torch.Generator | None
     out: list[int] = field(default_factory=list)
     finish: str = "length"
