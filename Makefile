@@ -68,7 +68,7 @@ stages: $(FINAL_MARKER)
 	@$(PY) -m scoder_lib.pipeline.runner summary --run $(RUN)
 
 # A run's synthesizer only (stages up to its last iteration): what an ablation arm of another run needs.
-synthesizer: $(SYNTHESIZER_MARKER)
+synthesizer: $(SYNTHESIZER_MARKER)  ## stages 01-04 of RUN only: the final synthesizer an ablation arm reads
 
 FORCE:
 
