@@ -7,6 +7,7 @@ repository's `.cache/scoder/models` (converted once by `make model`), read throu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,12 @@ def micro_checkpoints(micro_ref: ModelRef, tmp_path_factory: pytest.TempPathFact
     return train_micro(micro_ref, tmp_path_factory.mktemp("synth"))
 
 
+def interruptible() -> None:
+    """In a child about to exec: take Ctrl-C as a terminal would. A test suite started in the background
+    (`make test &`, CI wrappers) inherits SIGINT ignored, and so would every process it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def make(
     *goals: str, outputs: Path, profile: str | Path, run: str, timeout: float = 900, popen: bool = False, **kw: object
 ) -> subprocess.CompletedProcess | subprocess.Popen:
@@ -124,6 +131,7 @@ def make(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=interruptible,
             env=env,
             **kw,
         )

@@ -6,7 +6,6 @@ import ast
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import PY, make
+from conftest import PY, interruptible, make
 from packaging.specifiers import SpecifierSet
 
 from scoder_lib.core.config import REPO_ROOT, ConfigError
@@ -243,20 +242,21 @@ def test_interrupted_stage_is_not_done_and_rerun_completes(tmp_path):
         [PY, "-m", "scoder_lib.pipeline.plan", "--profile", str(profile), "--run", "unit"], check=True, env=env
     )
     stage = [PY, "-m", "scoder_lib.pipeline.runner", "stage", "--run", "unit", "--stage", "01_preprocess"]
+    proc = subprocess.Popen(
+        stage,
+        env=env,
+        start_new_session=True,
+        preexec_fn=interruptible,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     folder = tmp_path / "outputs" / "unit" / "01_preprocess"
-    for _ in range(3):  # on a loaded machine the stage may finish before this process gets to interrupt it
-        shutil.rmtree(folder, ignore_errors=True)
-        proc = subprocess.Popen(
-            stage, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 120
-        while not folder.exists() and time.monotonic() < deadline:  # the kernel has started the stage
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        proc.wait(timeout=120)
-        if proc.returncode != 0:
-            break
-    assert proc.returncode != 0, "the stage finished before every interrupt (3 tries)"
+    deadline = time.monotonic() + 120
+    while not folder.exists() and time.monotonic() < deadline:  # the kernel has started the stage
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
     assert not (folder / "_SUCCESS.json").exists()
     assert subprocess.run(stage, env=env, capture_output=True).returncode == 0
     assert (folder / "_SUCCESS.json").exists()
