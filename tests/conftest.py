@@ -6,10 +6,14 @@ repository's `.cache/scoder/models` (converted once by `make model`), read throu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,6 +104,30 @@ def train_micro(ref: ModelRef, out: Path, n: int = 8, num_checkpoints: int = 2, 
 def micro_checkpoints(micro_ref: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two LoRA checkpoints of the micro model (a synthesizer with M = 2)."""
     return train_micro(micro_ref, tmp_path_factory.mktemp("synth"))
+
+
+@contextlib.contextmanager
+def listener(timeout: float) -> Iterator[tuple[int, list[object]]]:
+    """A TCP listener on 127.0.0.1: (its port, the connections it accepted), closed on exit; for tests
+    that check a sandboxed program cannot connect."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(timeout)
+    accepted: list[object] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            accepted.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], accepted
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() if nothing connected
+        server.close()
+        thread.join()
 
 
 def interruptible() -> None:

@@ -9,20 +9,17 @@ checked both ways.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import descendants
+from conftest import descendants, listener
 
 from scoder_lib.core.config import REPO_ROOT
 from scoder_lib.sandbox import execution, isolation, wall
@@ -123,31 +120,18 @@ def test_connecting_through_a_child_process(
     if client == "curl" and shutil.which("curl") is None:
         pytest.skip("curl not installed")
     _expect(request, mode, "network")
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(5)
-    accepted: list[object] = []
-    thread = threading.Thread(target=lambda: _accept(server, accepted), daemon=True)
-    thread.start()
-    port = server.getsockname()[1]
-    connect = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3).sendall(b'GET / HTTP/1.0')"
-    argv = (
-        [sys.executable, "-c", connect]
-        if client == "python"
-        else ["curl", "-s", "-m", "3", f"http://127.0.0.1:{port}/"]
-    )
-    result = _one(mode, f"import subprocess\nsubprocess.run({argv!r}, check=True, timeout=8)")
-    server.shutdown(socket.SHUT_RDWR)
-    server.close()
-    thread.join()
+    with listener(timeout=5) as (port, accepted):
+        connect = (
+            f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3).sendall(b'GET / HTTP/1.0')"
+        )
+        argv = (
+            [sys.executable, "-c", connect]
+            if client == "python"
+            else ["curl", "-s", "-m", "3", f"http://127.0.0.1:{port}/"]
+        )
+        result = _one(mode, f"import subprocess\nsubprocess.run({argv!r}, check=True, timeout=8)")
     assert accepted == []
     _assert_contained(mode, result, warm)
-
-
-def _accept(server: socket.socket, accepted: list[object]) -> None:
-    with contextlib.suppress(OSError):
-        conn, _ = server.accept()
-        accepted.append(conn)
-        conn.close()
 
 
 def test_writing_outside_the_temp_folder_through_a_child_process(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import descendants
+from conftest import descendants, listener
 
 from scoder_lib.core.config import REPO_ROOT, ExecutionOptions
 from scoder_lib.sandbox import execution, isolation
@@ -162,27 +160,14 @@ def test_writes_outside_the_temp_folder(mode: str, warm: set[int], tmp_path: Pat
 
 
 def test_network_connection(mode: str, warm: set[int]) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(3)
-    accepted: list[object] = []
-    thread = threading.Thread(target=lambda: _accept(server, accepted), daemon=True)
-    thread.start()
-    port = server.getsockname()[1]
-    program = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
-    result = _one(mode, program)
-    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() if nothing connected
-    server.close()
-    thread.join()
+    with listener(timeout=3) as (port, accepted):
+        program = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
+        result = _one(mode, program)
     assert accepted == []
     _assert_contained(mode, result, warm, "Error")
     _assert_contained(
         mode, _one(mode, "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)"), warm, "Error"
     )
-
-
-def _accept(server: socket.socket, accepted: list[object]) -> None:
-    with contextlib.suppress(OSError):
-        accepted.append(server.accept())
 
 
 def test_killing_the_parent(mode: str, warm: set[int]) -> None:
