@@ -17,7 +17,9 @@
      batched  one backward per batch, response-only head, whole model for every checkpoint;
      new      batched + the frozen prefix (first 22 layers) run once per sample for both checkpoints.
 3. Ranking: Spearman of the candidates' influence from projected features (sparse at 8192 and
-   2048, dense at 8192) vs from exact (unprojected) cosines, on those candidates.
+   2048, dense at 8192) vs from exact (unprojected) cosines, on those candidates. With
+   `--run RUN --iteration T` (and SCODER_OUTPUTS if the run is elsewhere): on a finished iteration
+   of a real run instead, its own stored scores ranked beside them; nothing is trained.
 On a shared machine wall time follows other jobs' load: CPU time (all threads) is the steadier
 measure, and the least disturbed run of each method is compared.
 """
@@ -41,9 +43,12 @@ import transformers
 
 import scoder_lib  # noqa: F401  (thread settings before torch)
 from scoder_lib.core.config import REPO_ROOT, InfluenceOptions, LoraOptions, ModelSpec, TrainOptions
+from scoder_lib.core.io import read_jsonl
 from scoder_lib.core.logs import setup_logging
+from scoder_lib.core.records import Candidate, read_records
+from scoder_lib.core.run import Run
 from scoder_lib.llm.models import prepare
-from scoder_lib.method import seed, synthesis
+from scoder_lib.method import lineage, seed, synthesis, teacher
 from scoder_lib.method.influence import checkpoints as inf_checkpoints
 from scoder_lib.method.influence import features as inf_features
 from scoder_lib.method.influence import projection as inf_proj
@@ -282,17 +287,29 @@ def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- 3. ranking
-def ranking(ckpts: list[Path], cands: list[Example], targets: list[Example], dims: tuple[int, ...], dense: bool):
+def ranking(
+    ckpts: list[Path],
+    cands: list[Example],
+    targets: list[Example],
+    dims: tuple[int, ...],
+    dense: bool,
+    *,
+    max_seq_len: int = MAX_SEQ_LEN,
+    stored: np.ndarray | None = None,
+) -> None:
     """Spearman of influence from projected vs exact features (projection is linear: projecting the
-    exact unit vectors and normalising again gives the projected features)."""
+    exact unit vectors and normalising again gives the projected features). `stored`: the scores a
+    run's notebook 04 wrote, ranked beside them."""
     opts = InfluenceOptions(projection="none", batch_size=4)
-    common = {"opts": opts, "max_seq_len": MAX_SEQ_LEN}
+    common = {"opts": opts, "max_seq_len": max_seq_len}
     exact = [
         inf_features.checkpoint_features(ckpts, cands, kind="adam", **common),
         inf_features.checkpoint_features(ckpts, targets, kind="sgd", **common),
     ]
     lrs = [inf_scores.checkpoint_lr(c) for c in ckpts]
     scores = {"exact": inf_scores.influence_scores(exact[0], exact[1], lrs)}
+    if stored is not None:
+        scores["the run's own (04)"] = stored
     kinds = [("sjlt", d) for d in dims] + ([("rademacher", dims[0])] if dense else [])
     for kind, dim in kinds:
         proj = inf_proj.make_projector(kind, dim, 0)
@@ -308,6 +325,37 @@ def ranking(ckpts: list[Path], cands: list[Example], targets: list[Example], dim
             error = (s - scores["exact"]).std()
             print(f"  {name:>18}: {rho[name]:.4f}   (projection error {error:.3g} = {error / spread:.2f} x the spread)")
     print(f"  exact scores: mean {scores['exact'].mean():.4g}, spread (std) {spread:.3g}")
+
+
+def ranking_on_run(run_name: str, iteration: int, dims: tuple[int, ...], dense: bool) -> None:
+    """The ranking check on a finished iteration of a real run: its checkpoints, the candidates its
+    03 selected, the targets its 04 drew, and the scores its 04 wrote (influence.jsonl)."""
+    run = Run.open(run_name)
+    cfg = run.cfg
+    done = run.stage_dir("04_influence", iteration) / "influence.jsonl"
+    if not done.exists():
+        raise SystemExit(f"{done} is missing: run stage 04_influence@{iteration} of run '{run_name}' first")
+    cands = read_records(run.upstream("03_sample_score", iteration) / "selected.jsonl", Candidate)
+    stored = pd.DataFrame(read_jsonl(done)).set_index("cand_id").loc[[c.cand_id for c in cands], "influence"]
+    version = cfg.seed_stage.prompt_version
+    ckpts = [Path(p) for p in lineage.synthesizer_before(run, iteration).sampling_checkpoints(cfg.iterate.checkpoints)]
+    targets = [seed.to_example(r, version) for r in teacher.load(run).train]
+    targets = inf_scores.pick_targets(targets, cfg.influence)
+    print(
+        f"run {run.dir}, iteration {iteration}: {len(cands)} candidates, {len(targets)} targets, "
+        f"checkpoints {[c.name for c in ckpts]}; the run projected with {cfg.influence.projection} "
+        f"D={cfg.influence.projection_dim}",
+        flush=True,
+    )
+    ranking(
+        ckpts,
+        [lineage.candidate_example(c, version) for c in cands],
+        targets,
+        dims,
+        dense,
+        max_seq_len=cfg.influence.train.max_seq_len,
+        stored=stored.to_numpy(dtype=float),
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -328,10 +376,15 @@ def main() -> None:
         help="also rank with the dense projection at the first of --ranking-dims (minutes)",
     )
     ap.add_argument("--ranking-dims", default="2048,8192,32768,131072", help="sparse projection sizes ranked")
+    ap.add_argument("--run", default=None, help="rank on this run's iteration instead (part 3 only)")
+    ap.add_argument("--iteration", type=int, default=1, help="with --run: the iteration to rank")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "scoder-bench-influence"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     setup_logging()
+    dims = tuple(int(float(d)) for d in args.ranking_dims.split(","))
+    if args.run:
+        return ranking_on_run(args.run, args.iteration, dims, args.dense_ranking)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
     ref = prepare(ModelSpec(name="smollm2-135m-instruct"), CACHE)
@@ -354,7 +407,6 @@ def main() -> None:
     if "features" in parts:
         print_features(features_table(args), args.rounds)
     if "ranking" in parts:
-        dims = tuple(int(float(d)) for d in args.ranking_dims.split(","))
         ranking(ckpts, cands, targets, dims, args.dense_ranking)
 
 

@@ -2,7 +2,7 @@
 
 Why this layout: on a 2-core CPU, two 1-thread llama.cpp processes running one sequence each decode
 the study's synthesis prompts about twice as fast as the transformers backend at batch 16
-(docs/notes/llamacpp.md); batching several sequences in one llama.cpp context was slower.
+(docs/scaling.md); batching several sequences in one llama.cpp context was slower.
 
 The semantics are the transformers backend's: prompts tokenized here with the HF tokenizer
 (`prompt_ids`) and handed over as token ids, outputs decoded with it, the same EOS set, stop strings

@@ -43,6 +43,14 @@ def checkpoint_lr(checkpoint: Path) -> float:
     return float(json.loads((checkpoint / "meta.json").read_text())["avg_lr"])
 
 
+def pick_targets(targets: list[Example], opts: InfluenceOptions) -> list[Example]:
+    """At most `max_target_samples` of the targets, a seeded subset in their order (bounds the cost)."""
+    if opts.max_target_samples is None or len(targets) <= opts.max_target_samples:
+        return targets
+    pick = np.random.default_rng(opts.projection_seed).choice(len(targets), opts.max_target_samples, replace=False)
+    return [targets[i] for i in sorted(pick)]
+
+
 def influence(
     checkpoints: list[Path],
     candidates: list[Example],
@@ -53,9 +61,7 @@ def influence(
     cache_dir: Path | None = None,
 ) -> np.ndarray:
     """Influence score of every candidate on the target set, over all checkpoints (LESS)."""
-    if opts.max_target_samples is not None and len(targets) > opts.max_target_samples:
-        pick = np.random.default_rng(opts.projection_seed).choice(len(targets), opts.max_target_samples, replace=False)
-        targets = [targets[i] for i in sorted(pick)]
+    targets = pick_targets(targets, opts)
     # All checkpoints at once: they share one model and the frozen prefix's states of each sample.
     common = {"opts": opts, "max_seq_len": max_seq_len, "cache_dir": cache_dir}
     cand = checkpoint_features(checkpoints, candidates, kind="adam", **common)

@@ -105,7 +105,7 @@ def _footer(bill: Bill) -> list[str]:
         extra = sum(d["gpu_h_to_04"] for d in bill.dependencies)
         out.append(f"  total with them: {amount(bill.total('gpu_s') / 3600 + extra)} GPU-h")
     out += [f"warning: {w}" for w in bill.warnings + (bill.cpu_warnings if bill.cpu_sized else [])]
-    out.append("Constants and guesses: docs/notes/bill.md, or --json; change a guess with --assume NAME=VALUE.")
+    out.append("Constants and guesses: docs/bill.md, or --json; change a guess with --assume NAME=VALUE.")
     return out
 
 
