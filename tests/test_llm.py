@@ -59,6 +59,20 @@ def test_sampling_is_seeded_per_request_not_per_batch(micro, cache_dir):
     assert alone == crowded and len(set(alone)) > 1  # reproducible, and the n samples differ
 
 
+def test_generation_is_saved_in_chunks_of_two_batches_and_chunking_changes_no_output(micro, cache_dir, tmp_path):
+    """A long generation is saved (and logged) every two batches of requests, so an interruption loses
+    at most those; the outputs are those of one call over everything."""
+    spec = micro.model_copy(update={"batch_size": 2})
+    reqs = [_chat(p, temperature=1.0, n=2, seed=i) for i, p in enumerate(PROMPTS + PROMPTS[:2])]
+    chunked = Generator(make_backend(spec, cache_dir), tmp_path / "a")
+    calls: list[int] = []
+    inner = chunked.backend.generate
+    chunked.backend.generate = lambda rs: calls.append(len(rs)) or inner(rs)  # record the call sizes
+    whole = make_backend(spec, cache_dir)
+    assert [r.texts for r in chunked.generate(reqs)] == [r.texts for r in whole.generate(reqs)]
+    assert calls == [4, 3]
+
+
 def test_stop_strings_cut_the_output(micro, cache_dir):
     backend = make_backend(micro, cache_dir)
     free = backend.generate([_chat(PROMPTS[2], max_new_tokens=40)])[0].texts[0]

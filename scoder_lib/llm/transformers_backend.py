@@ -38,6 +38,9 @@ class TransformersBackend(Backend):
     def __init__(self, ref: ModelRef, spec: ModelSpec):
         self.model, self.tok = load(ref, spec.dtype)
         self.batch_size = spec.batch_size
+        # Two batches of requests a call: on a CPU a chunk of 64 sampled twice ran 10 minutes without a
+        # progress line, and an interruption lost all of it. Outputs do not depend on the chunking.
+        self.chunk_size = 2 * spec.batch_size
         self.fingerprint = fingerprint({"weights": ref.fingerprint, "dtype": spec.dtype, "decoder": DECODER_VERSION})
         self.device = next(self.model.parameters()).device
         eos = self.model.generation_config.eos_token_id
