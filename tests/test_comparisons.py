@@ -218,7 +218,20 @@ def test_paired_delta_and_mcnemar():
     )
     with pytest.raises(ValueError):
         paired_delta([True], [True, False])
-    assert claims.verdict(d["ci_low"], d["ci_high"]) == "supported"
+    assert claims.verdict(d["ci_low"], d["ci_high"], d["p_value"]) == "supported"
+
+
+def test_a_verdict_needs_the_exact_test_to_agree_with_the_interval():
+    """8 discordant pairs, 7 one way: the percentile bootstrap clears zero, McNemar's exact p does not
+    reach 0.05 (0.07): not resolved; three times the pairs resolve it."""
+    a = [True] * 7 + [False] * 1 + [False] * 72
+    b = [False] * 7 + [True] * 1 + [False] * 72
+    d = paired_delta(a, b, seed=0)
+    assert d["ci_high"] < 0 and 0.05 < d["p_value"] < 0.1
+    assert claims.verdict(d["ci_low"], d["ci_high"]) == "contradicted"  # the interval alone
+    assert claims.verdict(d["ci_low"], d["ci_high"], d["p_value"]) == claims.NOT_RESOLVED
+    big = paired_delta(a * 3, b * 3, seed=0)
+    assert claims.verdict(big["ci_low"], big["ci_high"], big["p_value"]) == "contradicted"
 
 
 def test_tasks_without_answers_count_as_failures():

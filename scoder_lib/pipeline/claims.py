@@ -2,7 +2,10 @@
 
 A claim is "supported" when the 95% interval of its paired effect lies above zero, "contradicted" when
 below, and "not resolved at this size" otherwise: the verdict is read off the interval, never off the
-point estimate.
+point estimate. Where the exact McNemar test is at hand it must agree (p < 0.05): with a handful of
+discordant pairs the percentile bootstrap can clear zero while the exact test does not (tiny's
+iteration 1 against its control: interval [-20, -1.3] points, p = 0.077), and such an effect is not
+resolved.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from scoder_lib.method import yardstick
 NOT_RESOLVED = "not resolved at this size"
 
 
-def verdict(ci_low: float | None, ci_high: float | None) -> str:
+ALPHA = 0.05
+
+
+def verdict(ci_low: float | None, ci_high: float | None, p_value: float | None = None) -> str:
     if ci_low is None or ci_high is None or pd.isna(ci_low) or pd.isna(ci_high):
         return "not measured"
+    if p_value is not None and not pd.isna(p_value) and p_value >= ALPHA:
+        return NOT_RESOLVED
     if ci_low > 0:
         return "supported"
     if ci_high < 0:
@@ -37,7 +45,7 @@ def _row(claim: str, evidence: str, d: dict[str, Any], scale: float = 100.0) -> 
         "effect (points)": None if d.get("delta") is None else round(scale * d["delta"], 1),
         "95% interval": None if lo is None else f"[{scale * lo:.1f}, {scale * hi:.1f}]",
         "p": None if d.get("p_value") is None else round(d["p_value"], 4),
-        "verdict": verdict(lo, hi),
+        "verdict": verdict(lo, hi, d.get("p_value")),
     }
 
 
