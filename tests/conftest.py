@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,16 @@ SHARED_BENCHMARKS = (REPO_ROOT.parent / "shared" / "benchmarks").resolve()
 REPO_MODELS = REPO_ROOT / ".cache" / "scoder" / "models"
 PY = Path(sys.executable)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def strays(before: set[int], settle_s: float = 5.0) -> set[int]:
+    """Processes below this test that were not there `before`, after giving killed ones `settle_s` to
+    finish exiting: a SIGKILLed process on a loaded machine stays live (not yet a zombie) while the
+    kernel tears it down. A real escape (a fork bomb's child that survived) is still there after it."""
+    deadline = time.monotonic() + settle_s
+    while (left := descendants() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def descendants() -> set[int]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import descendants, listener
+from conftest import descendants, listener, strays
 
 from scoder_lib.core.config import REPO_ROOT
 from scoder_lib.sandbox import execution, isolation, wall
@@ -82,7 +82,7 @@ def _expect(request: pytest.FixtureRequest, mode: str, what: str) -> None:
 
 def _assert_contained(mode: str, result: ExecResult, before: set[int]) -> None:
     assert not result.passed and result.status == "failed" and result.reason, result
-    assert descendants() <= before, "processes left behind"
+    assert not strays(before), "processes left behind"
     assert _one(mode, "print('still here')").stdout == "still here\n"
 
 

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import descendants, listener
+from conftest import descendants, listener, strays
 
 from scoder_lib.core.config import REPO_ROOT, ExecutionOptions
 from scoder_lib.sandbox import execution, isolation
@@ -42,7 +42,7 @@ def _assert_contained(mode: str, result: ExecResult, before: set[int], *words: s
     """Failed with a reason, nothing left running, and the harness still works."""
     assert not result.passed and result.status in ("failed", "timeout"), result
     assert result.reason and all(w.lower() in result.reason.lower() for w in words), result.reason
-    assert descendants() <= before, "processes left behind"
+    assert not strays(before), "processes left behind"
     assert _one(mode, "print('still here')").stdout == "still here\n"
 
 
