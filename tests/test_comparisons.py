@@ -260,3 +260,12 @@ def test_plan_describes_every_arm_and_ablation(tmp_path, monkeypatch):
     text = describe_arms(Run("paper", "paper", load_config("paper")))
     assert "scoder" in text and "60000" in text and "teacher_only" in text and "75000" in text
     assert "no_influence" in text and "paper-noinfluence" in text and "kept at random" in text
+
+
+def test_claims_from_stage_metrics_carry_the_yardstick_size():
+    """02 writes the yardstick's size as heldout_yardstick, 04 as heldout_n: both reach the claim's n."""
+    m2 = {"heldout_yardstick": 80, "x_delta": 0.5, "x_ci_low": 0.4, "x_ci_high": 0.6, "x_p_value": 0.001}
+    m4 = {"heldout_n": 80.0, "x_delta": -0.1, "x_ci_low": -0.2, "x_ci_high": -0.01, "x_p_value": 0.08}
+    rows = [claims._row("c", "e", claims._metric_delta(m, "x")) for m in (m2, m4)]
+    assert [r["n"] for r in rows] == [80, 80]
+    assert [r["verdict"] for r in rows] == ["supported", claims.NOT_RESOLVED]

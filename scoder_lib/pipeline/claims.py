@@ -50,9 +50,9 @@ def _row(claim: str, evidence: str, d: dict[str, Any], scale: float = 100.0) -> 
 
 
 def _metric_delta(m: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {k: m.get(f"{prefix}_{k}") for k in ("delta", "ci_low", "ci_high", "p_value")} | {
-        "n": m.get("heldout_yardstick")
-    }
+    # 02 names the yardstick's size heldout_yardstick, 04 heldout_n: the same 40 snippets x samples
+    n = m.get("heldout_yardstick", m.get("heldout_n"))
+    return {k: m.get(f"{prefix}_{k}") for k in ("delta", "ci_low", "ci_high", "p_value")} | {"n": n}
 
 
 def _synthesizer_claims(run: Run) -> list[dict[str, Any]]:
