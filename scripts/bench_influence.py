@@ -45,10 +45,9 @@ import scoder_lib  # noqa: F401  (thread settings before torch)
 from scoder_lib.core.config import REPO_ROOT, InfluenceOptions, LoraOptions, ModelSpec, TrainOptions
 from scoder_lib.core.io import read_jsonl
 from scoder_lib.core.logs import setup_logging
-from scoder_lib.core.records import Candidate, read_records
 from scoder_lib.core.run import Run
 from scoder_lib.llm.models import prepare
-from scoder_lib.method import lineage, seed, synthesis, teacher
+from scoder_lib.method import lineage, seed, synthesis
 from scoder_lib.method.influence import checkpoints as inf_checkpoints
 from scoder_lib.method.influence import features as inf_features
 from scoder_lib.method.influence import projection as inf_proj
@@ -335,11 +334,8 @@ def ranking_on_run(run_name: str, iteration: int, dims: tuple[int, ...], dense: 
     done = run.stage_dir("04_influence", iteration) / "influence.jsonl"
     if not done.exists():
         raise SystemExit(f"{done} is missing: run stage 04_influence@{iteration} of run '{run_name}' first")
-    cands = read_records(run.upstream("03_sample_score", iteration) / "selected.jsonl", Candidate)
+    cands, ckpts, cand_examples, targets = lineage.influence_inputs(run, iteration)
     stored = pd.DataFrame(read_jsonl(done)).set_index("cand_id").loc[[c.cand_id for c in cands], "influence"]
-    version = cfg.seed_stage.prompt_version
-    ckpts = [Path(p) for p in lineage.synthesizer_before(run, iteration).sampling_checkpoints(cfg.iterate.checkpoints)]
-    targets = [seed.to_example(r, version) for r in teacher.load(run).train]
     targets = inf_scores.pick_targets(targets, cfg.influence)
     print(
         f"run {run.dir}, iteration {iteration}: {len(cands)} candidates, {len(targets)} targets, "
@@ -349,7 +345,7 @@ def ranking_on_run(run_name: str, iteration: int, dims: tuple[int, ...], dense: 
     )
     ranking(
         ckpts,
-        [lineage.candidate_example(c, version) for c in cands],
+        cand_examples,
         targets,
         dims,
         dense,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from scoder_lib.core.io import read_json, read_jsonl, write_json
 from scoder_lib.core.logs import get_logger
@@ -87,6 +88,27 @@ def snippets_used_before(run: Run, iteration: int) -> set[str]:
 def candidate_example(c: Candidate, version: str) -> Example:
     """Self-distillation trains on exactly what the synthesizer wrote, for the prompt it answered."""
     return Example.of(messages(c.snippet, version), c.raw)
+
+
+class InfluenceInputs(NamedTuple):
+    candidates: list[Candidate]  # what 03 selected
+    checkpoints: list[Path]  # the sampling checkpoints of the synthesizer iteration t starts from
+    candidate_examples: list[Example]  # each candidate as the example it would train on
+    targets: list[Example]  # every teacher training sample (influence draws its subset)
+
+
+def influence_inputs(run: Run, iteration: int) -> InfluenceInputs:
+    """What stage 04 of iteration t scores (read by the notebook and by the ranking check alike)."""
+    cfg = run.cfg
+    version = cfg.seed_stage.prompt_version
+    cands = read_records(run.upstream("03_sample_score", iteration) / "selected.jsonl", Candidate)
+    ckpts = [Path(p) for p in synthesizer_before(run, iteration).sampling_checkpoints(cfg.iterate.checkpoints)]
+    return InfluenceInputs(
+        cands,
+        ckpts,
+        [candidate_example(c, version) for c in cands],
+        [to_example(r, version) for r in teacher.load(run).train],
+    )
 
 
 def training_set(run: Run, iteration: int, kept: list[Candidate]) -> list[Example]:
