@@ -5,8 +5,9 @@
 
 The held-out prompts of the compact seed set (`messages(snippet, "v2")`), sampled at the profile's
 `iterate.sampling` (temperature, top_p, max_new_tokens), seed = request index, one `generate` call
-per backend: transformers (the profile synthesizer's batch size), llama.cpp (2 workers x 1 thread),
-and vLLM's CPU build in its own interpreter when --vllm-python is given. Set-up (model load, worker
+per backend: transformers (the profile synthesizer's batch size), llama.cpp (2 workers x 1 thread;
+16 slots on float16 weights with the LoRA merged, and one slot on the Q4_1 file with the LoRA as a
+runtime adapter), and vLLM's CPU build in its own interpreter when --vllm-python is given. Set-up (model load, worker
 spawn, engine start) is timed apart from generation.
 """
 
@@ -77,7 +78,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="held-out prompts (the first n)")
     ap.add_argument("--adapter", help="a LoRA synthesizer checkpoint folder to bench instead of the base model")
     ap.add_argument("--vllm-python", help="interpreter with vLLM's CPU build, e.g. .venv-vllm/bin/python")
-    ap.add_argument("--skip", default="", help="comma-separated backends not to run (transformers,llamacpp)")
+    ap.add_argument("--skip", default="", help="runs to leave out, comma-separated: transformers, llamacpp, llamacpp-1")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
     setup_logging()
@@ -91,12 +92,17 @@ def main() -> None:
         flush=True,
     )
     runs = []
-    if "transformers" not in args.skip:
+    if "transformers" not in args.skip.split(","):
         spec = synth.model_copy(update={"backend": "transformers"})
         runs.append(_bench(f"transformers (batch {spec.batch_size})", spec, cache, requests))
-    if "llamacpp" not in args.skip:
-        spec = synth.model_copy(update={"backend": "llamacpp", "llamacpp": LlamaCppOptions(workers=2, threads=1)})
-        runs.append(_bench("llamacpp (2 workers x 1 thread)", spec, cache, requests))
+    for key, opts in (
+        ("llamacpp", LlamaCppOptions(workers=2, threads=1)),  # the defaults: 16 slots, float16 (merged)
+        ("llamacpp-1", LlamaCppOptions(workers=2, threads=1, slots=1, weights="gguf")),  # one row at a time
+    ):
+        if key not in args.skip.split(","):
+            spec = synth.model_copy(update={"backend": "llamacpp", "llamacpp": opts})
+            label = f"llamacpp (2 workers x 1 thread x {opts.slots} slots, {opts.weights})"
+            runs.append(_bench(label, spec, cache, requests))
     if args.vllm_python:
         python = args.vllm_python if os.path.isabs(args.vllm_python) else str(REPO_ROOT / args.vllm_python)
         spec = ModelSpec(name=synth.name, backend="vllm", python=python)

@@ -1,8 +1,9 @@
-"""The llama.cpp backend and the PEFT LoRA -> GGUF adapter converter (real SmolLM2 GGUF, CPU, ~2-3 minutes).
+"""The llama.cpp backend, its float16 weights with merged LoRA, and the PEFT LoRA -> GGUF adapter
+converter (real SmolLM2 GGUF, CPU, ~3-4 minutes).
 
-Agreement with the transformers backend is a common prefix, not equality: llama.cpp runs the Q4_1
-weights with 8-bit-quantized activations, the transformers backend their float32 dequantization,
-so greedy decoding may part where the top two logits nearly tie.
+Agreement with the transformers backend is a common prefix, not equality: llama.cpp runs float16
+weights (or the Q4_1 file with 8-bit-quantized activations), the transformers backend float32, so
+greedy decoding may part where the top two logits nearly tie.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.numpy import load_file
 
 from scoder_lib.core.config import ModelSpec
-from scoder_lib.llm import llamacpp_worker
+from scoder_lib.llm import gguf_merge, llamacpp_worker
 from scoder_lib.llm.base import GenRequest, prompt_ids
 from scoder_lib.llm.generator import make_backend
 from scoder_lib.llm.gguf_lora import (
@@ -56,8 +57,8 @@ def flat(results):
     return [[(c.text, c.finish_reason, c.tokens) for c in r.completions] for r in results]
 
 
-def llamacpp(cache_dir: Path, name: str = DEFAULT, workers: int = 2, **kw: object):
-    spec = ModelSpec(name=name, backend="llamacpp", llamacpp={"workers": workers}, **kw)  # type: ignore[arg-type]
+def llamacpp(cache_dir: Path, name: str = DEFAULT, workers: int = 2, **opts: object):
+    spec = ModelSpec(name=name, backend="llamacpp", llamacpp={"workers": workers, **opts})  # type: ignore[arg-type]
     return LlamaCppBackend(spec, cache_dir)
 
 
@@ -75,17 +76,38 @@ def test_seeded_sampling_reproducible_and_independent_of_workers_and_batch(pool,
     ]
     others = [chat(p, temperature=1.0, top_p=0.9, max_new_tokens=16, seed=99) for p in PROMPTS[2:]]
     ref = flat(pool.generate(reqs))
-    assert ref == flat(pool.generate(reqs))  # reproducible
+    assert ref == flat(pool.generate(reqs))  # reproducible, 16 slots: rows decoded together
     assert len({c for r in ref for c in r}) == 4  # the samples differ
-    assert flat(pool.generate(others[:1] + reqs[::-1] + others[1:]))[1:3] == ref[::-1]  # other rows, other order
-    one = chat(PROMPTS[0], n=1, temperature=0.8, top_p=0.95, max_new_tokens=24, seed=10)
-    assert flat(pool.generate([one]))[0][0] == ref[0][0]  # sample 0 of n=2 is sample 0 of n=1
-    single = llamacpp(cache_dir, workers=1)
+    # one row at a time: a row depends on nothing else in the call, nor on the number of workers
+    one_slot = llamacpp(cache_dir, workers=2, slots=1)
+    single = llamacpp(cache_dir, workers=1, slots=1)
     try:
-        assert flat(single.generate(reqs)) == ref  # one worker instead of two
-        assert single.fingerprint == pool.fingerprint  # workers are not part of the cache key
+        alone = flat(one_slot.generate(reqs))
+        assert flat(one_slot.generate(others[:1] + reqs[::-1] + others[1:]))[1:3] == alone[::-1]
+        one = chat(PROMPTS[0], n=1, temperature=0.8, top_p=0.95, max_new_tokens=24, seed=10)
+        assert flat(one_slot.generate([one]))[0][0] == alone[0][0]  # sample 0 of n=2 is sample 0 of n=1
+        assert flat(single.generate(reqs)) == alone  # one worker instead of two
+        assert single.fingerprint == one_slot.fingerprint  # so workers are not part of its cache key
+        assert pool.fingerprint != one_slot.fingerprint  # rows that share decode steps: they are
     finally:
+        one_slot.close()
         single.close()
+
+
+def test_continuous_batching_decodes_each_row_as_alone(cache_dir):
+    """One worker, 2 slots, 6 rows of different lengths: slots are refilled as rows finish, and each
+    row's tokens are those it gets decoded alone (a row mixed up with another's logits would not be)."""
+    reqs = [chat(p, max_new_tokens=8 + 12 * (i % 3)) for i, p in enumerate(PROMPTS + PROMPTS[:2])]
+    reqs += [chat(PROMPTS[2], n=2, temperature=0.8, top_p=0.95, max_new_tokens=20, seed=5)]
+    batched, alone = llamacpp(cache_dir, workers=1, slots=2), llamacpp(cache_dir, workers=1, slots=1)
+    try:
+        got, ref = flat(batched.generate(reqs)), flat(alone.generate(reqs))
+    finally:
+        batched.close()
+        alone.close()
+    assert [len(r) for r in got] == [1] * 6 + [2]
+    same = sum(a == b for a, b in zip(got, ref))
+    assert same >= 6, (same, got, ref)  # measured: 7 of 7 (float sums may differ only at a near tie)
 
 
 def test_greedy_copies_and_top_p_irrelevant(pool):
@@ -135,6 +157,7 @@ def _first_divergence_gaps(lc, cache_dir: Path, reqs: list[GenRequest]) -> list[
     """Per request: at the first token where llama.cpp's greedy choice differs from the float32 model's
     argmax (teacher-forced on llama.cpp's tokens), float32's logit gap between the two (0: no divergence)."""
     model, _ = load(prepare(ModelSpec(name=DEFAULT), cache_dir))
+    lc.start()
     decoder = llamacpp_worker._Decoder(lc._setup())  # the workers' decoding code, in this process
     gaps = []
     for req in reqs:
@@ -151,9 +174,10 @@ def _first_divergence_gaps(lc, cache_dir: Path, reqs: list[GenRequest]) -> list[
 def test_greedy_agrees_with_transformers(pool, cache_dir):
     reqs = [chat(p, max_new_tokens=48) for p in PROMPTS]
     prefixes = _agreement(pool, cache_dir, DEFAULT, reqs)
-    # measured: [44, 0, 49, 48] tokens (Q4_1 with 8-bit activations vs float32 numerics)
+    # measured: [48, 7, 49, 48] tokens on the float16 default, 16 slots ([44, 0, 49, 48] on Q4_1 with 8-bit
+    # activations); the second prompt parts where the transformers backend's own batch nears a tie
     assert sorted(prefixes)[1] >= 40, prefixes
-    gaps = _first_divergence_gaps(pool, cache_dir, reqs)  # measured: 0.34 and 0.08 logits where they part
+    gaps = _first_divergence_gaps(pool, cache_dir, reqs)  # measured: float16 0 (no parting); Q4_1 0.34, 0.08
     assert max(gaps) < NEAR_TIE, gaps  # where they part, the two top logits nearly tie
 
 
@@ -220,23 +244,48 @@ def test_rope_permutation_matches_the_gguf_layout(cache_dir):
     np.testing.assert_array_equal(hf["model.layers.3.self_attn.v_proj.weight"], v)
 
 
-def test_adapter_changes_outputs_and_zero_adapter_does_not(adapters, pool, cache_dir):
+def test_merged_weights_are_base_plus_the_peft_delta(adapters, tmp_path):
+    """Every adapted weight of the merged file is f16(W + scale * B @ A), q/k rows permuted; the rest is the base."""
+    base16 = gguf_merge.f16_base(smollm2_gguf_path(), "test", tmp_path)
+    merged = gguf_merge.merge_lora(adapters[0], base16, tmp_path / "merged.gguf")
+    peft = load_file(str(adapters[0] / "adapter_model.safetensors"))
+    for module, kind in (("q_proj", "attn_q"), ("down_proj", "ffn_down")):
+        part = "self_attn" if kind.startswith("attn") else "mlp"
+        a = peft[f"base_model.model.model.layers.25.{part}.{module}.lora_A.weight"]
+        b = peft[f"base_model.model.model.layers.25.{part}.{module}.lora_B.weight"]
+        b = rope_permute_rows(b, 9) if module == "q_proj" else b
+        w = read_gguf_tensor(base16, f"blk.25.{kind}.weight")
+        want = (w + 2.0 * (b @ a)).astype(np.float16).astype(np.float32)  # lora_alpha 32 / r 16
+        np.testing.assert_array_equal(read_gguf_tensor(merged, f"blk.25.{kind}.weight"), want)
+        assert not np.array_equal(want, w)
+    for name in ("blk.3.attn_q.weight", "blk.25.attn_norm.weight", "token_embd.weight"):  # not adapted
+        np.testing.assert_array_equal(read_gguf_tensor(merged, name), read_gguf_tensor(base16, name))
+    # the f16 base holds the Q4_1 file's values (f16 rounding of its dequantized floats)
+    q41 = read_gguf_tensor(smollm2_gguf_path(), "blk.3.ffn_up.weight")
+    np.testing.assert_allclose(read_gguf_tensor(base16, "blk.3.ffn_up.weight"), q41, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize(("weights", "slots"), [("f16", 16), ("gguf", 1)])  # the two layouts the bench measures
+def test_adapter_changes_outputs_and_zero_adapter_does_not(adapters, cache_dir, weights, slots):
     reqs = [chat(p, max_new_tokens=24) for p in PROMPTS[:3]]
-    base = flat(pool.generate(reqs))
-    lora = llamacpp(cache_dir, name=str(adapters[0]), workers=1)
-    zero = llamacpp(cache_dir, name=str(adapters[1]), workers=1)
+    plain = llamacpp(cache_dir, workers=1, weights=weights, slots=slots)
+    lora = llamacpp(cache_dir, name=str(adapters[0]), workers=1, weights=weights, slots=slots)
+    zero = llamacpp(cache_dir, name=str(adapters[1]), workers=1, weights=weights, slots=slots)
     try:
-        assert len(list((cache_dir / "gguf-lora").glob("lora-*.gguf"))) == 2  # converted into the cache
-        assert len({pool.fingerprint, lora.fingerprint, zero.fingerprint}) == 3
+        base = flat(plain.generate(reqs))
+        pattern = "merged-*.f16.gguf" if weights == "f16" else "lora-*.gguf"
+        assert len({plain.fingerprint, lora.fingerprint, zero.fingerprint}) == 3
         assert flat(zero.generate(reqs)) == base
         assert flat(lora.generate(reqs)) != base
+        assert len(list((cache_dir / "gguf-lora").glob(pattern))) == 2  # converted into the cache
         # and the adapter is applied as PEFT applies it: llama.cpp agrees with the merged LoRA in transformers
         prefixes = _agreement(lora, cache_dir, str(adapters[0]), [chat(p, max_new_tokens=32) for p in PROMPTS[:3]])
-        # measured: [32, 0, 32] (the second prompt parts at a near tie, as without the adapter)
+        # measured on Q4_1 one row at a time: [32, 0, 32] (the second prompt parts at a near tie, as without
+        # the adapter)
         assert sorted(prefixes)[1] >= 24, prefixes
     finally:
-        lora.close()
-        zero.close()
+        for b in (plain, lora, zero):
+            b.close()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -250,8 +299,13 @@ def test_models_without_a_gguf_are_refused(cache_dir, micro_ref):
 def test_a_worker_that_cannot_load_raises_a_clear_error(tmp_path, cache_dir):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    b = llamacpp(cache_dir, workers=1)
+    b = llamacpp(cache_dir, workers=1, weights="gguf")
     b.model = type(b.model)(bad, "x", None, b.model.tokenizer, b.model.config)  # same tokenizer, broken weights
     with pytest.raises(WorkerError, match=r"worker 0 for model 'smollm2-135m-instruct' \(bad.gguf\)"):
         b.generate([chat(PROMPTS[0], max_new_tokens=2)])
     assert not b._procs
+    f16 = llamacpp(cache_dir, workers=1)  # the float16 conversion names the file it could not read
+    f16.model = type(f16.model)(bad, "0" * 64, None, f16.model.tokenizer, f16.model.config)
+    with pytest.raises(RuntimeError, match=r"converting .*bad.gguf to float16 failed"):
+        f16.generate([chat(PROMPTS[0], max_new_tokens=2)])
+    assert not f16._procs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scoder_lib.core.hashing import fingerprint
 
@@ -39,11 +39,11 @@ class VllmOptions(Section):
 
 
 class LlamaCppOptions(Section):
-    # Worker processes, each decoding one sequence at a time with `threads` threads (2 x 1 is the
-    # fastest layout measured on a 2-core CPU); not part of the outputs' cache key.
-    workers: int = 2
+    workers: int = 2  # processes, `threads` each (1-thread workers, one per core: measured fastest)
     threads: int = 1
-    n_ctx: int = 2048  # context per worker: prompt + new tokens must fit
+    slots: int = Field(16, ge=1)  # rows in flight per worker; > 1 puts workers and slots in the cache key
+    n_ctx: int = 2048  # context per row: prompt + new tokens must fit
+    weights: Literal["f16", "gguf"] = "f16"  # f16: LoRA merged into a cached float16 copy; gguf: file as is
 
 
 class OpenAIOptions(Section):

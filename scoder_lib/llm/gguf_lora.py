@@ -205,7 +205,7 @@ def read_peft(adapter_dir: str | Path) -> tuple[dict, dict[tuple[int, str], dict
     return cfg, pairs
 
 
-def _pairs_for_base(
+def pairs_for_base(
     cfg: dict, pairs: dict[tuple[int, str], dict[str, np.ndarray]], info: BaseInfo
 ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[float], list[int]]:
     """(GGUF base name, A, B with q/k rows permuted), PEFT scale and rank of every adapted weight."""
@@ -238,7 +238,7 @@ def convert_peft_lora(adapter_dir: str | Path, base_gguf: str | Path, out_path: 
     if info.arch != "llama":
         raise ValueError(f"base architecture {info.arch}: only llama is supported")
     cfg, pairs = read_peft(adapter_dir)
-    tensors, scales, ranks = _pairs_for_base(cfg, pairs, info)
+    tensors, scales, ranks = pairs_for_base(cfg, pairs, info)
     # One alpha when every module's scale is alpha / rank for the same alpha (the usual case);
     # otherwise each scale is folded into its lora_b and alpha 0 (scale 1) is written.
     alphas = [s * r for s, r in zip(scales, ranks)]
