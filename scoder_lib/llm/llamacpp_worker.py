@@ -150,15 +150,14 @@ class _Decoder:
                 if not live:
                     continue
                 self._eval([(r.out[-1], r.pos, r.slot, True) for r in live])
-                still = []
+                ended = []
                 for i, row in enumerate(live):
                     row.pos += 1
-                    done = self._take(row, self.L.llama_sampler_sample(row.sampler, self.ctx, i))
-                    if done:
-                        yield from self._finish(row, done, free)
-                    else:
-                        still.append(row)
-                live = still
+                    if done := self._take(row, self.L.llama_sampler_sample(row.sampler, self.ctx, i)):
+                        ended.append((row, done))
+                live = [row for row in live if all(row is not e for e, _ in ended)]
+                for row, done in ended:  # out of `live` first: the cleanup below never frees a sampler twice
+                    yield from self._finish(row, done, free)
         finally:
             for row in live:
                 self.L.llama_sampler_free(row.sampler)
