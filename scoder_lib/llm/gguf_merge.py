@@ -2,8 +2,8 @@
 
 Why: on a CPU, llama.cpp decoding several sequences together is fastest on float16 weights (measured
 on the 2-core machine, 16 sequences from 250-token prompts in one 1-thread process: f16 78 tok/s, the
-shipped Q4_1 60), and
-an adapter applied at run time costs extra matmuls at every adapted layer (f16 + runtime LoRA: 63).
+shipped Q4_1 60), and an adapter applied at run time costs extra matmuls at every adapted layer (f16 +
+runtime LoRA: 63).
 Float16 is also the transformers backend's float32 weights up to rounding, where Q4_1 with 8-bit
 activations is not. Cost: ~270 MB of disk per model (the default SmolLM2-135M) and a few seconds.
 

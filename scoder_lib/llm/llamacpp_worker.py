@@ -139,25 +139,27 @@ class _Decoder:
                     k, ids, temp, top_p, max_new, stop, seed = pending.pop()
                     row = _Live(k, free.pop(), len(ids), max_new, tuple(stop), _sampler(temp, top_p, seed))
                     if max_new <= 0:
-                        yield from self._finish(row, "length", free)
+                        yield self._finish(row, "length", free)
                         continue
                     self._prefill(ids, row.slot)
                     done = self._take(row, self.L.llama_sampler_sample(row.sampler, self.ctx, -1))
                     if done:
-                        yield from self._finish(row, done, free)
+                        yield self._finish(row, done, free)
                     else:
                         live.append(row)
                 if not live:
                     continue
                 self._eval([(r.out[-1], r.pos, r.slot, True) for r in live])
-                ended = []
+                still, ended = [], []
                 for i, row in enumerate(live):
                     row.pos += 1
                     if done := self._take(row, self.L.llama_sampler_sample(row.sampler, self.ctx, i)):
                         ended.append((row, done))
-                live = [row for row in live if all(row is not e for e, _ in ended)]
-                for row, done in ended:  # out of `live` first: the cleanup below never frees a sampler twice
-                    yield from self._finish(row, done, free)
+                    else:
+                        still.append(row)
+                live = still  # before reporting: the cleanup below never frees a sampler twice
+                for row, done in ended:
+                    yield self._finish(row, done, free)
         finally:
             for row in live:
                 self.L.llama_sampler_free(row.sampler)
@@ -172,11 +174,12 @@ class _Decoder:
             return "stop"
         return "length" if len(row.out) >= row.max_new else None
 
-    def _finish(self, row: _Live, finish: str, free: list[int]) -> Any:
+    def _finish(self, row: _Live, finish: str, free: list[int]) -> tuple[int, list[int], str]:
+        """Release a finished row's sampler and KV stream, free its slot; what the task reports for it."""
         self.L.llama_sampler_free(row.sampler)
         self.L.llama_memory_seq_rm(self.memory, row.slot, -1, -1)
         free.append(row.slot)
-        yield row.k, row.out, finish
+        return row.k, row.out, finish
 
     def decode(
         self, ids: list[int], temp: float, top_p: float, max_new: int, stop: tuple[str, ...], seed: int
