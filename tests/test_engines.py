@@ -36,7 +36,9 @@ def test_rehearsal_stages_name_their_backends_and_launchers() -> None:
 def test_default_profile_trains_in_process_from_the_committed_teacher_file() -> None:
     seed = stage_engines(load_config("tiny"), "02_seed")
     assert seed["teacher"] == "committed file data/seed/seed_compact_v2.jsonl"
-    assert seed["synthesizer"] == "transformers smollm2-135m-instruct (in-process)"
+    layout = "2 worker processes x 1 thread(s) x 16 rows in flight; float16, LoRA checkpoints merged"
+    synth = f"llamacpp smollm2-135m-instruct ({layout})"
+    assert seed["synthesizer"] == synth
     assert seed["training"] == "lora in-process (no launcher)"
 
 

@@ -20,6 +20,11 @@ def describe_model(spec: ModelSpec, lora: bool = True) -> str:
     if spec.backend == "vllm" and lora:  # lora: the model it serves may be a LoRA checkpoint
         adapters = spec.vllm.lora_as_adapter
         notes.append("LoRA checkpoints as adapters of one engine" if adapters else "LoRA checkpoints merged")
+    if spec.backend == "llamacpp":
+        o = spec.llamacpp
+        notes[0] = f"{o.workers} worker processes x {o.threads} thread(s) x {o.slots} rows in flight"
+        merged = "float16, LoRA checkpoints merged" if o.weights == "f16" else "GGUF as is, LoRA as adapters"
+        notes.append(merged if lora else merged.split(",")[0])
     return f"{spec.backend} {spec.name} ({'; '.join(notes)})"
 
 
