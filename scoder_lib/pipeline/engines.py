@@ -22,7 +22,8 @@ def describe_model(spec: ModelSpec, lora: bool = True) -> str:
         notes.append("LoRA checkpoints as adapters of one engine" if adapters else "LoRA checkpoints merged")
     if spec.backend == "llamacpp":
         o = spec.llamacpp
-        notes[0] = f"{o.workers} worker processes x {o.threads} thread(s) x {o.slots} rows in flight"
+        layout = f"{o.workers} worker processes x {o.threads} thread(s) x {o.slots} rows in flight"
+        notes[0:1] = [notes[0], layout] if spec.python else [layout]  # keep the interpreter's note
         merged = "float16, LoRA checkpoints merged" if o.weights == "f16" else "GGUF as is, LoRA as adapters"
         notes.append(merged if lora else merged.split(",")[0])
     return f"{spec.backend} {spec.name} ({'; '.join(notes)})"
