@@ -15,17 +15,20 @@ def describe_model(spec: ModelSpec, lora: bool = True) -> str:
     notes = []
     if spec.python:
         notes.append(f"worker {spec.python}")
-    else:
-        notes.append("in-process" if spec.backend != "openai" else f"at {spec.openai.base_url}")
+    elif spec.backend == "openai":
+        notes.append(f"at {spec.openai.base_url}")
+    elif spec.backend != "llamacpp":  # llama.cpp always decodes in worker processes: its layout says so
+        notes.append("in-process")
     if spec.backend == "vllm" and lora:  # lora: the model it serves may be a LoRA checkpoint
         adapters = spec.vllm.lora_as_adapter
         notes.append("LoRA checkpoints as adapters of one engine" if adapters else "LoRA checkpoints merged")
     if spec.backend == "llamacpp":
         o = spec.llamacpp
-        layout = f"{o.workers} worker processes x {o.threads} thread(s) x {o.slots} rows in flight"
-        notes[0:1] = [notes[0], layout] if spec.python else [layout]  # keep the interpreter's note
-        merged = "float16, LoRA checkpoints merged" if o.weights == "f16" else "GGUF as is, LoRA as adapters"
-        notes.append(merged if lora else merged.split(",")[0])
+        notes.append(f"{o.workers} worker processes x {o.threads} thread(s) x {o.slots} rows in flight")
+        weights = "float16" if o.weights == "f16" else "GGUF as is"
+        if lora:
+            weights += ", LoRA checkpoints merged" if o.weights == "f16" else ", LoRA as adapters"
+        notes.append(weights)
     return f"{spec.backend} {spec.name} ({'; '.join(notes)})"
 
 
