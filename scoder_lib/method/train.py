@@ -19,6 +19,7 @@ moments and the _TRAINED.json marker; every rank logs the examples it trained on
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import shutil
 import time
@@ -297,15 +298,43 @@ class _Collate:
 
 
 class _Trainer(transformers.Trainer):
-    """Trainer that records which examples each of this rank's micro-batches held (`seen`)."""
+    """Trainer that records which examples each of this rank's micro-batches held (`seen`) and asks
+    for logits only where the loss reads them (`response_logits_only`, when the model supports it)."""
 
     def __init__(self, *args: Any, **kw: Any):
         super().__init__(*args, **kw)
         self.seen: list[list[int]] = []
+        self.trim = keeps_logits_by_mask(self.model)
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> torch.Tensor:
         self.seen.append(inputs.pop("row").tolist())
         return super().training_step(model, inputs, *args, **kw)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        return super().compute_loss(model, response_logits_only(inputs) if self.trim else inputs, *args, **kw)
+
+
+def response_logits_only(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The batch with logits asked for only at positions that predict a response token.
+
+    Why: the loss reads those alone, yet a plain forward projects every position onto the vocabulary
+    (49k rows for SmolLM2) and back-propagates through all of them, the prompt included (about half of
+    a synthesis sample). The loss and its gradients are the same; `shift_labels` are the kept targets."""
+    shifted = torch.nn.functional.pad(inputs["labels"], (0, 1), value=IGNORE)[:, 1:]
+    keep = shifted != IGNORE
+    return {**inputs, "logits_to_keep": keep, "shift_labels": shifted[keep]}
+
+
+def keeps_logits_by_mask(model: Any) -> bool:
+    """Whether the (PEFT-wrapped) causal LM takes a boolean `logits_to_keep` mask and `shift_labels`."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    loss = getattr(base, "loss_function", None)
+    return (
+        hasattr(transformers.modeling_utils, "slice_logits_to_keep")  # where a boolean mask is understood
+        and "logits_to_keep" in inspect.signature(base.forward).parameters
+        and loss is not None
+        and "shift_labels" in inspect.signature(loss).parameters
+    )
 
 
 def _cuda() -> bool:
