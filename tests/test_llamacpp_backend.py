@@ -9,6 +9,9 @@ greedy decoding may part where the top two logits nearly tie.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,7 @@ PROMPTS = [
 ]
 # logits: where greedy decoding parts, float32 prefers its token to llama.cpp's by less (measured 0.08-0.34)
 NEAR_TIE = 1.0
+ADAPTER_REGRET = 0.5  # see test_adapter_changes_outputs_and_zero_adapter_does_not
 
 
 def chat(text: str, **kw: object) -> GenRequest:
@@ -153,22 +157,21 @@ def _agreement(lc, cache_dir: Path, name: str, reqs: list[GenRequest]) -> list[i
     return [_common_prefix(a, b) for a, b in ids]
 
 
-def _first_divergence_gaps(lc, cache_dir: Path, reqs: list[GenRequest]) -> list[float]:
-    """Per request: at the first token where llama.cpp's greedy choice differs from the float32 model's
-    argmax (teacher-forced on llama.cpp's tokens), float32's logit gap between the two (0: no divergence)."""
-    model, _ = load(prepare(ModelSpec(name=DEFAULT), cache_dir))
+def _regrets(lc, cache_dir: Path, reqs: list[GenRequest], name: str = DEFAULT) -> list[float]:
+    """Per request, teacher-forced on llama.cpp's greedy tokens: the largest gap between the float32 model's
+    top logit and its logit for llama.cpp's token (0: llama.cpp chose float32's argmax everywhere).
+    `name`: the model `lc` decodes (a LoRA checkpoint is merged into its base in float32)."""
+    model, _ = load(prepare(ModelSpec(name=name), cache_dir))
     lc.start()
     decoder = llamacpp_worker._Decoder(lc._setup())  # the workers' decoding code, in this process
-    gaps = []
+    out = []
     for req in reqs:
         ids = lc.encode(req)
         new, _ = decoder.decode(ids, 0.0, 1.0, req.max_new_tokens, (), 0)
         with torch.inference_mode():
             logits = model(torch.tensor([ids + new])).logits[0, len(ids) - 1 : len(ids) + len(new) - 1].float()
-        top = logits.argmax(-1).tolist()
-        k = _common_prefix(top, new)
-        gaps.append(float(logits[k, top[k]] - logits[k, new[k]]) if k < len(new) else 0.0)
-    return gaps
+        out.append(float((logits.max(-1).values - logits[torch.arange(len(new)), torch.tensor(new)]).max()))
+    return out
 
 
 def test_greedy_agrees_with_transformers(pool, cache_dir):
@@ -177,8 +180,9 @@ def test_greedy_agrees_with_transformers(pool, cache_dir):
     # measured: [48, 7, 49, 48] tokens on the float16 default, 16 slots ([44, 0, 49, 48] on Q4_1 with 8-bit
     # activations); the second prompt parts where the transformers backend's own batch nears a tie
     assert sorted(prefixes)[1] >= 40, prefixes
-    gaps = _first_divergence_gaps(pool, cache_dir, reqs)  # measured: float16 0 (no parting); Q4_1 0.34, 0.08
-    assert max(gaps) < NEAR_TIE, gaps  # where they part, the two top logits nearly tie
+    # measured: float16 0 (no parting); Q4_1 0.34, 0.08 at the parting (AVX2), 0.17, 0.10 over all (AVX-512)
+    regrets = _regrets(pool, cache_dir, reqs)
+    assert max(regrets) < NEAR_TIE, regrets  # where they part, the two top logits nearly tie
 
 
 # ----------------------------------------------------------------------------- LoRA adapters
@@ -203,7 +207,8 @@ def adapters(cache_dir, tmp_path_factory):
             with torch.no_grad():
                 for name, p in model.named_parameters():
                     if "lora_B" in name:
-                        p.normal_(0.0, 0.02)
+                        # 0.1: the adapter moves logits by more than Q4_1's rounding does (see below)
+                        p.normal_(0.0, 0.1)
         folder = tmp_path_factory.mktemp("lora") / kind
         model.save_pretrained(folder)
         transformers.AutoTokenizer.from_pretrained(base).save_pretrained(folder)  # as training checkpoints do
@@ -279,10 +284,13 @@ def test_adapter_changes_outputs_and_zero_adapter_does_not(adapters, cache_dir, 
         assert flat(lora.generate(reqs)) != base
         assert len(list((cache_dir / "gguf-lora").glob(pattern))) == 2  # converted into the cache
         # and the adapter is applied as PEFT applies it: llama.cpp agrees with the merged LoRA in transformers
-        prefixes = _agreement(lora, cache_dir, str(adapters[0]), [chat(p, max_new_tokens=32) for p in PROMPTS[:3]])
-        # measured on Q4_1 one row at a time: [32, 0, 32] (the second prompt parts at a near tie, as without
-        # the adapter)
-        assert sorted(prefixes)[1] >= 24, prefixes
+        # and llama.cpp applies the adapter as PEFT does: its greedy tokens are the merged float32 model's
+        # argmax up to rounding. Greedy text is no yardstick here: it parts at the first near tie (on Q4_1
+        # after 9 tokens on one AVX-512 CPU, 32 on an AVX2 one). Measured (64 tokens, 4 prompts): the
+        # adapter's largest regret f16 0.01, Q4_1 0.10; the base model's tokens judged by the adapter's
+        # float32 model 1.13 and 1.75 (0.28 with the former 0.02 adapter, which this could not tell apart).
+        regrets = _regrets(lora, cache_dir, [chat(p, max_new_tokens=64) for p in PROMPTS], name=str(adapters[0]))
+        assert max(regrets) < ADAPTER_REGRET, regrets
     finally:
         for b in (plain, lora, zero):
             b.close()
@@ -309,3 +317,53 @@ def test_a_worker_that_cannot_load_raises_a_clear_error(tmp_path, cache_dir):
     with pytest.raises(RuntimeError, match=r"converting .*bad.gguf to float16 failed"):
         f16.generate([chat(PROMPTS[0], max_new_tokens=2)])
     assert not f16._procs
+
+
+# ----------------------------------------------------------------------------- a killed parent
+ORPHAN_CHILD = """
+import sys, time
+from pathlib import Path
+from scoder_lib.core.config import ModelSpec
+from scoder_lib.llm.base import GenRequest
+from scoder_lib.llm.llamacpp_backend import LlamaCppBackend
+spec = ModelSpec(name="smollm2-135m-instruct", backend="llamacpp", llamacpp={"workers": 1, "slots": 1})
+b = LlamaCppBackend(spec, Path(sys.argv[1]))
+b.start()
+print(" ".join(str(p.pid) for p in b._procs), flush=True)
+if sys.argv[2] == "idle":
+    time.sleep(120)
+# minutes of work at one row in flight, whatever each row's length
+b.generate([GenRequest(messages=(("user", f"Write story {i} in 300 words."),), max_new_tokens=300) for i in range(64)])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie waits for whoever adopted it to reap it: it runs nothing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.parametrize("phase", ["decoding", "idle"])
+def test_workers_exit_when_their_parent_is_killed(cache_dir, phase):
+    child = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_CHILD, str(cache_dir), phase],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert pids and all(_alive(p) for p in pids)
+        time.sleep(3)  # decoding: the first of the 64 rows is under way
+        child.kill()  # SIGKILL: no clean-up of any kind in the parent
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 3 * llamacpp_worker.PARENT_CHECK_S + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), f"workers {pids} outlived their killed parent ({phase})"
+    finally:
+        child.kill()
+        child.wait(timeout=10)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import queue
 import tempfile
 import time
@@ -160,7 +161,9 @@ class LlamaCppBackend(Backend):
         setup = self._setup()
         start = time.monotonic()
         for w in range(self.options.workers):
-            args = (w, {**setup, "log_path": self._log_path(w)}, self._tasks, self._results)
+            # parent_pid: a worker exits when this process is gone (llamacpp_worker.exit_if_orphaned)
+            own = {**setup, "log_path": self._log_path(w), "parent_pid": os.getpid()}
+            args = (w, own, self._tasks, self._results)
             proc = ctx.Process(target=llamacpp_worker.run, args=args, daemon=True, name=f"llamacpp-{w}")
             proc.start()
             self._procs.append(proc)

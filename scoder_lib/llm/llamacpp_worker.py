@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode call (the context's n_batch)
+PARENT_CHECK_S = 2.0  # an idle worker checks this often that its parent still lives
 
 
 def run(worker: int, setup: dict[str, Any], tasks: Any, results: Any) -> None:
@@ -32,13 +34,30 @@ def run(worker: int, setup: dict[str, Any], tasks: Any, results: Any) -> None:
         results.put(("error", worker, traceback.format_exc()))
         return
     results.put(("ready", worker, os.getpid()))
-    while (task := tasks.get()) is not None:
+    while (task := _next_task(tasks, decoder.parent)) is not None:
         try:
             for k, ids, finish in decoder.decode_rows(task):
                 results.put(("row", worker, k, ids, finish))
         except BaseException:
             results.put(("error", worker, traceback.format_exc()))
             return
+
+
+def _next_task(tasks: Any, parent: int | None) -> Any:
+    """The next task; None when told to stop or when the process that spawned us is gone."""
+    while True:
+        try:
+            return tasks.get(timeout=PARENT_CHECK_S)
+        except queue.Empty:
+            exit_if_orphaned(parent)
+
+
+def exit_if_orphaned(parent: int | None) -> None:
+    """Exit at once if `parent` is no longer our parent: a killed pipeline (SIGKILL, or SIGTERM, which
+    skips multiprocessing's clean-up of daemon children) must not leave workers decoding for nobody.
+    None (a decoder run in the calling process, as a test does) never exits."""
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)  # nothing to save: the rows in flight were for the dead parent
 
 
 def to_f16(src: str, dst: str, log_path: str) -> None:
@@ -80,6 +99,7 @@ class _Decoder:
         from tokenizers import Tokenizer  # noqa: PLC0415
 
         self.L = L
+        self.parent: int | None = setup.get("parent_pid")  # set only for a spawned worker
         self.slots = int(setup.get("slots", 1))
         L.llama_backend_init()
         mparams = L.llama_model_default_params()
@@ -149,6 +169,7 @@ class _Decoder:
                         live.append(row)
                 if not live:
                     continue
+                exit_if_orphaned(self.parent)  # once a decode step: a getppid call, ~1 us
                 self._eval([(r.out[-1], r.pos, r.slot, True) for r in live])
                 still, ended = [], []
                 for i, row in enumerate(live):
