@@ -3,11 +3,12 @@
     .venv/bin/python scripts/bench_training.py [--profile tiny] [--steps 6] [--rounds 2]
 
 The workload is stage 02's: the profile's synthesizer, `seed_stage.train` (tiny: LoRA r 32 on the last
-8 layers, batch 4, max_seq_len 768), the first steps x batch_size training samples of the teacher seed
-set rendered with the profile's prompt version. Each round trains those steps twice through `sft`, once
-as the pipeline does (`response_logits_only`) and once with every position's logits (the plain forward),
-alternating which goes first; seconds per step (wall and CPU) and the loss curves are printed. The two
-must train the same: the script fails if their losses differ by more than 1e-4 relative.
+8 layers, batch 4, max_seq_len 768), steps x batch_size training samples of the teacher seed set drawn
+at random (seeded, so their lengths are the set's), rendered with the profile's prompt version. Each
+round trains those steps twice through `sft`, once as the pipeline does (`response_logits_only`) and
+once with every position's logits (the plain forward), alternating which goes first; seconds per step
+(wall and CPU, set-up included) and the loss curves are printed. The two must train the same: the
+script fails if their losses differ by more than 1e-4 relative.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +53,9 @@ def main() -> None:
     setup_logging()
     cfg = load_config(args.profile)
     opts = cfg.seed_stage.train.model_copy(update={"epochs": 1, "num_checkpoints": 1})
-    rows = seed.load(cfg.resolve(cfg.seed_stage.teacher.seed_file)).train[: args.steps * opts.batch_size]
+    rows = random.Random(0).sample(
+        seed.load(cfg.resolve(cfg.seed_stage.teacher.seed_file)).train, args.steps * opts.batch_size
+    )
     examples = [seed.to_example(r, cfg.seed_stage.prompt_version) for r in rows]
     base = prepare(cfg.synthesizer, cfg.resolve(cfg.cache_dir))
     print(
