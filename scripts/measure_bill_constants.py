@@ -58,7 +58,7 @@ from scoder_lib.llm.models import prepare  # noqa: E402
 from scoder_lib.llm.transformers_backend import TransformersBackend  # noqa: E402
 from scoder_lib.method import scoring, seed  # noqa: E402
 from scoder_lib.method.influence.features import gradient_features  # noqa: E402
-from scoder_lib.method.influence.projection import Projector  # noqa: E402
+from scoder_lib.method.influence.projection import RademacherProjector  # noqa: E402
 from scoder_lib.method.rating import Rater  # noqa: E402
 from scoder_lib.method.synthesis import messages  # noqa: E402
 from scoder_lib.method.train import encode, sft  # noqa: E402
@@ -193,7 +193,7 @@ def measure_gradients(ckpt: Path, rows: list[Any], tok: Any, n: int) -> dict[str
     _, cpu1, _ = timed(lambda: gradient_features(ckpt, first, kind="adam", opts=opts, max_seq_len=1024))
     _, cpu, _ = timed(lambda: gradient_features(ckpt, rest, kind="adam", opts=opts, max_seq_len=1024))
     tokens = sum(len(e["input_ids"]) for e in (encode(tok, x, 1024) for x in rest) if e is not None)
-    proj = Projector(8192, 0)
+    proj = RademacherProjector(8192, 0)  # the LESS projector (projection: rademacher)
     rows_per_block = 2048
     _, pcpu, _ = timed(lambda: [proj._block_t(k, rows_per_block) for k in range(8)])
     return {
