@@ -280,3 +280,21 @@ def test_model_sizes_come_from_the_table_a_config_or_the_name(tmp_path):
     named = models.model_size("someone/Coder-14B")
     assert (named.how, named.params) == ("name", 14e9)
     assert models.model_size("mystery").how == "unknown"
+
+
+@pytest.mark.slow
+def test_the_measuring_script_runs_every_part(tmp_path):
+    """`scripts/measure_bill_constants.py --check`: every part it measures still runs against today's
+    library (a renamed class once broke its gradients part unnoticed) and yields positive figures."""
+    out = tmp_path / "m.json"
+    cmd = [sys.executable, "scripts/measure_bill_constants.py", "--check", "--backend", "llamacpp", "--out", str(out)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads(out.read_text())
+    assert m["tokens"]["chars_per_token"] > 1 and m["sandbox"]["programs_s_wall"] > 0
+    assert m["rate"]["s_per_candidate"] > 0 and m["weights"]["step_s_12_rows"] > 0
+    assert m["train"]["tok_s"] > 0 and m["gradients"]["tok_s"] > 0
+    assert m["gradients"]["projection_block_ns_per_entry"] > 0
+    batches = [v for k, v in m["generate"].items() if k.startswith("batch_")]
+    assert m["generate"]["backend"] == "llamacpp" and batches and all(b["wall_tok_s"] > 0 for b in batches)
