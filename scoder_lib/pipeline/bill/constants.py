@@ -75,7 +75,7 @@ HF_VS_VLLM = Constant(
 
 # ----------------------------------------------------------------------------- CPU (reference machine)
 MEASURED = (
-    "measured here, 2026-11-30, 2 cores x86-64, torch 2.13 CPU, machine loaded by other work (load 7-9): "
+    "measured here, 2026-11-30, 2 cores x86-64 (AVX2), torch 2.13 CPU, machine loaded by other work (load 7-9): "
     "CPU time / 2 threads, `PYTHONPATH=. python scripts/measure_bill_constants.py`"
 )
 CHARS_PER_TOKEN = Constant(
@@ -104,7 +104,7 @@ CPU_GEN_TOK_S: dict[str, dict[int, Constant] | None] = {
         1: Constant(
             53.0,
             "tokens/s",
-            "measured here, 2026-11-30, 2 cores x86-64, llama-cpp-python 0.3.36, quiet machine: "
+            "measured here, 2026-11-30, 2 cores x86-64 (AVX2), llama-cpp-python 0.3.36, quiet machine: "
             "`scripts/bench_generation.py --n 64 --adapter <tiny's enhanced synthesizer>` (64 held-out compact "
             "prompts, T 0.8, top_p 0.95, <= 320 new tokens), 15,247 tokens in 287.7 s, beside 33.1 tok/s for "
             "the transformers backend at batch 16 in the same run (1.60x)",
@@ -112,7 +112,7 @@ CPU_GEN_TOK_S: dict[str, dict[int, Constant] | None] = {
     },
 }
 TRAIN_MEASURED = (
-    "measured here, 2026-12-01, 2 cores x86-64, torch 2.13 CPU, quiet machine (load ~1.7), logits at response "
+    "measured here, 2026-12-01, 2 cores x86-64 (AVX2), torch 2.13 CPU, quiet (load ~1.7), logits at response "
     "positions only: CPU time / 2 threads, `PYTHONPATH=. python scripts/measure_bill_constants.py --only train`"
 )
 CPU_TRAIN_TOK_S = Constant(
