@@ -283,7 +283,6 @@ def test_adapter_changes_outputs_and_zero_adapter_does_not(adapters, cache_dir, 
         assert flat(zero.generate(reqs)) == base
         assert flat(lora.generate(reqs)) != base
         assert len(list((cache_dir / "gguf-lora").glob(pattern))) == 2  # converted into the cache
-        # and the adapter is applied as PEFT applies it: llama.cpp agrees with the merged LoRA in transformers
         # and llama.cpp applies the adapter as PEFT does: its greedy tokens are the merged float32 model's
         # argmax up to rounding. Greedy text is no yardstick here: it parts at the first near tie (on Q4_1
         # after 9 tokens on one AVX-512 CPU, 32 on an AVX2 one). Measured (64 tokens, 4 prompts): the
