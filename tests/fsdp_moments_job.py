@@ -16,6 +16,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch.distributed.fsdp import fully_shard
 
+from scoder_lib.method.launch import leave_process_group
 from scoder_lib.method.moments import full_moments, sharding
 
 
@@ -42,9 +43,8 @@ def main(out: str) -> None:
     if rank == 0:
         assert layout == ("fsdp" if world > 1 else "none"), layout
         save_file(tensors, out)
-    if world > 1:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    leave_process_group()  # main's sharded model and optimizer are gone by now

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from scoder_lib.core.config import LoraOptions, TrainOptions
-from scoder_lib.method.launch import LaunchError, plan_launch, run_launched
+from scoder_lib.method.launch import LaunchError, leave_process_group, plan_launch, run_launched
 from scoder_lib.method.moments import full_moments, sharding
 from scoder_lib.method.train import Example, data_order, sft
 
@@ -89,6 +89,20 @@ def test_accelerate_runs_without_the_venv_on_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", BARE_PATH)
     monkeypatch.chdir(tmp_path)  # the child finds this scoder_lib through PYTHONPATH, not the cwd
     run_launched(plan_launch("accelerate launch --num_processes 1 --cpu"), "scoder_lib.core.cli")
+
+
+def test_a_rank_leaves_its_process_group(tmp_path):
+    """The group ends in the job, not at interpreter exit (where gloo may abort a finished job)."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    leave_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        leave_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- whole moments

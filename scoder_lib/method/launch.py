@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import os
 import shlex
@@ -141,6 +142,24 @@ def launch_env(plan: LaunchPlan) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH", "")] if p)
     env["PATH"] = os.pathsep.join(p for p in [str(Path(sys.executable).parent), env.get("PATH", "")] if p)
     return {**env, **plan.env}
+
+
+def leave_process_group() -> None:
+    """End this rank's process group (if one is open) while the interpreter is still whole; every rank calls it.
+
+    Why: whatever still holds the group at exit (a sharded model, a DDP wrapper, the Trainer) is freed
+    during interpreter shutdown, and gloo then aborts the process now and then ("terminate called
+    without an active exception", SIGABRT) after the job's work is done: the launcher reports a failed
+    job. Measured on a 2-core machine: 1 run in 12 of test_launch's FSDP job without this (7 in 25 with a
+    print per rank), none in 60 with it. Call it after the objects that used the group are out of scope.
+    """
+    import torch.distributed as dist  # noqa: PLC0415 - torch is only loaded by the processes that train
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # reference cycles (a Trainer and its callbacks) that still hold the group's tensors
+    dist.barrier()  # no rank tears down its connections while another still sends
+    dist.destroy_process_group()
 
 
 def run_launched(plan: LaunchPlan, module: str, *args: str) -> None:

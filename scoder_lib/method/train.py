@@ -39,7 +39,7 @@ from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.io import read_json, write_json
 from scoder_lib.core.logs import get_logger, setup_logging
 from scoder_lib.method.checkpoints import Checkpoints, save_points
-from scoder_lib.method.launch import LaunchError, LaunchPlan, plan_launch, run_launched
+from scoder_lib.method.launch import LaunchError, LaunchPlan, leave_process_group, plan_launch, run_launched
 from scoder_lib.method.moments import load_moments, save_moments
 
 # load_moments, save_moments, save_points: re-exported (their home moved; callers import them from here)
@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = [Example(tuple(tuple(m) for m in msgs), resp) for msgs, resp in job["examples"]]
     opts = TrainOptions.model_validate(job["opts"])
     _train(examples, job["base"], Path(job["out"]), opts, job["key"], job["adapter"])
+    leave_process_group()  # the Trainer is out of scope: end the group before the interpreter exits
     return 0
 
 
