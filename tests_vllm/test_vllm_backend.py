@@ -1,6 +1,7 @@
 """The vLLM backend against the transformers backend on the real SmolLM2-135M-Instruct (float32):
 same prompt tokens, same greedy outputs (8 chat, 2 raw, 1 with a stop string; 48 new tokens),
-same counts and finish reasons, seeded n>1 sampling, the generation cache."""
+same counts and finish reasons, seeded n>1 sampling (also past one step's prompt budget), the
+generation cache."""
 
 from __future__ import annotations
 
@@ -123,6 +124,24 @@ def test_sampling_n_seeded(backend: Any) -> None:
     assert first.texts == again.texts  # seeded: reproducible, batch-independent
     assert two.texts == first.texts[:2]  # sample i does not depend on n
     assert reseeded.texts != first.texts
+
+
+def test_seeded_sampling_when_prompts_exceed_one_steps_budget(backend: Any) -> None:
+    """More prompt tokens than one engine step takes on CPU (4,096): the synthesis workload's shape.
+
+    With chunked prefill, vLLM would split a prompt and rewind its seeded generator, which CPU
+    generators cannot do (the engine died: "CPU Generator does not use offset")."""
+    sampling = GREEDY.model_copy(update={"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 4})
+    words = " ".join(f"item{i}" for i in range(400))  # ~1,000 tokens a prompt
+    reqs = [
+        GenRequest.chat([{"role": "user", "content": f"{k}: {words}. Which item is last?"}], sampling, seed=k)
+        for k in range(8)
+    ]
+    assert sum(len(backend.encode(r)) for r in reqs) > 4096 + 2 * len(backend.encode(reqs[0]))
+    first = backend.generate(reqs)
+    again = backend.generate(reqs[::-1])[::-1]  # other neighbours, the same seeds
+    assert all(0 < r.completions[0].tokens <= 4 for r in first)
+    assert [r.texts for r in again] == [r.texts for r in first]
 
 
 def test_generator_caches_under_vllm_name(backend: Any, tmp_path: Any) -> None:

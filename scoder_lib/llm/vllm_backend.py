@@ -186,6 +186,12 @@ def engine_args(model: str, tokenizer: str, spec: ModelSpec, lora: bool, revisio
         args["max_cpu_loras"] = 8  # adapters kept loaded between calls (M checkpoints, the arms)
     if current_platform.is_cpu():
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB << 30
+        # Why: a prompt prefilled in chunks has the token sampled at its partial step thrown away, and
+        # vLLM rewinds that request's seeded generator through an offset API that CPU generators lack
+        # ("CPU Generator does not use offset": the engine dies once a step's prompts exceed the token
+        # budget, 4,096 on CPU, e.g. 64 synthesis prompts). Whole prompts only; the budget then grows
+        # to max_model_len, so any prompt that fits the model fits one step.
+        args["enable_chunked_prefill"] = False
     if not (opts.compile if opts.compile is not None else not current_platform.is_cpu()):
         args["compilation_config"] = {"mode": 0}  # CompilationMode.NONE: eager PyTorch
     return args
