@@ -41,18 +41,22 @@ def strays(before: set[int], settle_s: float = 5.0) -> set[int]:
     return left
 
 
+def live_stat(pid: int | str) -> list[bytes] | None:
+    """/proc/PID/stat's fields after the command (state, ppid, ...); None once the process is gone or a
+    zombie (it runs nothing: it waits for whoever adopted it to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in (b"Z", b"X") else fields
+
+
 def descendants() -> set[int]:
     """Every live process below this test process (the sandbox servers, and any strays)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z":
+        if entry.isdigit() and (fields := live_stat(entry)) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry))
     found, todo = set(), [os.getpid()]
     while todo:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import live_stat
 from peft import LoraConfig, get_peft_model
 from safetensors.numpy import load_file
 
@@ -336,14 +337,6 @@ b.generate([GenRequest(messages=(("user", f"Write story {i} in 300 words."),), m
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")  # a zombie waits for whoever adopted it to reap it: it runs nothing
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 @pytest.mark.parametrize("phase", ["decoding", "idle"])
 def test_workers_exit_when_their_parent_is_killed(cache_dir, phase):
@@ -355,14 +348,14 @@ def test_workers_exit_when_their_parent_is_killed(cache_dir, phase):
     )
     try:
         pids = [int(p) for p in child.stdout.readline().split()]
-        assert pids and all(_alive(p) for p in pids)
+        assert pids and all(live_stat(p) is not None for p in pids)
         time.sleep(3)  # decoding: the first of the 64 rows is under way
         child.kill()  # SIGKILL: no clean-up of any kind in the parent
         child.wait(timeout=10)
         deadline = time.monotonic() + 3 * llamacpp_worker.PARENT_CHECK_S + 5
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(live_stat(p) is not None for p in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(p) for p in pids), f"workers {pids} outlived their killed parent ({phase})"
+        assert not any(live_stat(p) is not None for p in pids), f"workers {pids} outlived their killed parent ({phase})"
     finally:
         child.kill()
         child.wait(timeout=10)
