@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from scoder_lib.core.config import ConfigError
+from scoder_lib.core.config import REPO_ROOT, ConfigError
 from scoder_lib.core.io import read_json, write_jsonl
 from scoder_lib.core.records import EvalResult, read_records
-from scoder_lib.data.benchmarks import load_tasks
+from scoder_lib.data.benchmarks import Task, load_tasks
 from scoder_lib.data.decontam import build
 from scoder_lib.evaluation import evalplus_compat
+from scoder_lib.evaluation.benchrun import asserts_passed_headline, heldout_tasks
 from scoder_lib.evaluation.evaluate import (
     _libs_ok,
     build_prompt,
@@ -26,6 +27,7 @@ from scoder_lib.evaluation.evaluate import (
     reference_humaneval,
 )
 from scoder_lib.llm.student_format import INSTRUCTION_PREFIX, RESPONSE_PREFIX
+from scoder_lib.method.seed import load as seed_load
 from scoder_lib.sandbox import isolation
 
 BROKEN = "    return None\n"
@@ -120,6 +122,41 @@ def test_chat_style_answers_are_sanitized_and_counted(humaneval: list) -> None:
     rows, summary = evaluate_samples("humaneval", samples, max_tasks=5)
     assert all(r.passed for r in rows) and summary["sanitized_changed"] == 5
     assert summary["base"] == {"pass@1": 1.0} and "print(" not in rows[0].solution
+
+
+def test_heldout_answers_earn_the_share_of_asserts_they_pass() -> None:
+    """Each of the teacher's asserts runs on its own: an answer right on two of three cases passes no
+    problem but earns 2/3; tests that are more than asserts stay one job (all or nothing)."""
+    asserts = "assert f(1) == 1\nassert f(-2) == 2\nassert f(0) == 0"
+    tasks = [
+        Task("heldout", "h0", "Absolute value.", "f", "def f(x):\n    return abs(x)", asserts),
+        Task("heldout", "h1", "Absolute value.", "f", "def f(x):\n    return abs(x)", "y = -3\nassert f(y) == 3"),
+    ]
+    samples = [
+        {"task_id": "h0", "solution": "```python\ndef f(x):\n    return x\n```"},  # right for 1 and 0
+        {"task_id": "h0", "solution": "def f(x):\n    return abs(x)\n"},
+        {"task_id": "h0", "solution": "def f(x):\n    while True:\n        pass\n"},
+        {"task_id": "h1", "solution": "def f(x):\n    return -x\n"},
+    ]
+    rows, _ = evaluate_samples("heldout", samples, tasks=tasks, timeout_s=2.0, workers=2)
+    assert [(r.passed, r.tests_passed, r.tests_total) for r in rows] == [
+        (False, 2, 3),
+        (True, 3, 3),
+        (False, 0, 3),
+        (True, 1, 1),
+    ]
+    assert "f(-2) == 2" in rows[0].reason
+    assert asserts_passed_headline(rows[:1] + rows[3:], ["h0", "h1", "h2"])["pass@1"] == pytest.approx((2 / 3 + 1) / 3)
+
+
+def test_teacher_solutions_pass_every_heldout_assert_on_its_own() -> None:
+    """The held-out yardstick's asserts split cleanly: the teacher's own solutions pass each one alone."""
+    rows = seed_load(REPO_ROOT / "data" / "seed" / "seed_compact_v2.jsonl").heldout
+    tasks = heldout_tasks(rows)
+    samples = [{"task_id": t.task_id, "solution": t.canonical_solution} for t in tasks]
+    results, _ = evaluate_samples("heldout", samples, tasks=tasks, workers=2)
+    assert len(results) == len(rows) >= 80
+    assert all(r.passed and r.tests_passed == r.tests_total >= 3 for r in results)
 
 
 def test_mbpp_assertions_canonical_and_broken(bench_folder: tuple) -> None:

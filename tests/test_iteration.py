@@ -65,6 +65,25 @@ def test_seed_snippets_are_excluded():
     assert {p["id"] for p in got} <= {p["id"] for p in POOL}
 
 
+def test_snippets_from_the_heldout_files_are_excluded():
+    """Siblings of a held-out snippet (same source file, other text) never reach a synthesizer or a student."""
+    s = seed.load(REPO_ROOT / "data" / "seed" / "seed_compact_v2.jsonl")
+    held = sorted(s.heldout_files())
+    origin, path = held[0].split(":", 1)
+    siblings = [
+        {"id": f"sib{i}", "text": f"def g{i}():\n    return {i}\n", "source": origin, "path": path} for i in range(30)
+    ]
+    others = [dict(p, source="stdlib", path="elsewhere.py") for p in POOL]
+    pool = siblings + others
+    got = allocate(pool, s.snippet_keys(), 40, seed=3, salt="final", exclude_files=s.heldout_files())
+    assert {p["id"] for p in got} == {p["id"] for p in others}
+    # a training file is not held out: its siblings stay eligible
+    train_origin, train_path = seed.source_file(s.train[0]).split(":", 1)
+    pool = [dict(p, source=train_origin, path=train_path) for p in siblings] + others
+    got = allocate(pool, s.snippet_keys(), 60, seed=3, salt="final", exclude_files=s.heldout_files())
+    assert len(got) == 60
+
+
 # ----------------------------------------------------------------------------- weights
 def test_weight_fitting_recovers_known_weights():
     rng = np.random.default_rng(0)

@@ -184,10 +184,9 @@ class EvalResult(Record):
     base_status: str | None = None  # EvalPlus benchmarks: base and plus verdicts
     plus_status: str | None = None
     base_passed: bool | None = None
+    tests_passed: int | None = None  # held-out problems: how many of the teacher's asserts passed ...
+    tests_total: int | None = None  # ... of how many (each run on its own)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in dataclasses.asdict(self).items()
-            if v is not None or k not in ("completion", "base_status", "plus_status", "base_passed")
-        }
+        optional = ("completion", "base_status", "plus_status", "base_passed", "tests_passed", "tests_total")
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in optional}

@@ -88,3 +88,48 @@ def paired_delta(
         "only_a": only_a,
         "only_b": only_b,
     }
+
+
+def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> float:
+    """Two-sided paired permutation p for a mean difference: each item's difference keeps its size and
+    takes a random sign (Monte Carlo, (hits + 1) / (n_perm + 1)). For 0/1 scores it is McNemar's test.
+    """
+    d = np.asarray(diffs, dtype=float)
+    d = d[d != 0]
+    if len(d) == 0:
+        return 1.0
+    observed = abs(d.sum())
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_perm, len(d)))
+    hits = int((np.abs(signs @ d) >= observed - 1e-12).sum())
+    return (hits + 1) / (n_perm + 1)
+
+
+def paired_mean_delta(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of `b` minus mean of `a` on the same items, for scores in [0, 1] that are not just 0/1 (the
+    share of a problem's tests passed): a paired bootstrap 95% interval over items and the sign-flip p.
+    `only_a` / `only_b` count the items where one side scored higher."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired_mean_delta needs the same items on both sides: {x.shape} vs {y.shape}")
+    n = len(x)
+    if n == 0:
+        nan = float("nan")
+        return dict.fromkeys(("rate_a", "rate_b", "delta", "ci_low", "ci_high"), nan) | {
+            "n": 0,
+            "p_value": 1.0,
+            "only_a": 0,
+            "only_b": 0,
+        }
+    diff = y - x
+    boots = diff[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(1)
+    return {
+        "n": n,
+        "rate_a": float(x.mean()),
+        "rate_b": float(y.mean()),
+        "delta": float(diff.mean()),
+        "ci_low": float(np.percentile(boots, 2.5)),
+        "ci_high": float(np.percentile(boots, 97.5)),
+        "p_value": sign_flip_p(diff, seed=seed),
+        "only_a": int((x > y).sum()),
+        "only_b": int((y > x).sum()),
+    }

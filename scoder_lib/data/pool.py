@@ -11,7 +11,7 @@ import json
 import random
 import sysconfig
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -231,11 +231,27 @@ def snippet_key(text: str) -> str:
     return fingerprint(normalize(text))
 
 
-def allocate(pool: list[dict[str, Any]], exclude: set[str], n: int, seed: int, salt: str) -> list[dict[str, Any]]:
-    """n pool snippets not in `exclude` (snippet keys), in a seeded order private to `salt`.
+def source_file(entry: dict[str, Any]) -> str:
+    """`<origin>:<path>` of a pool snippet (the form of a seed snippet's source file); '' if unknown."""
+    return f"{entry.get('source', '')}:{entry['path']}" if entry.get("path") else ""
+
+
+def allocate(
+    pool: list[dict[str, Any]],
+    exclude: set[str],
+    n: int,
+    seed: int,
+    salt: str,
+    exclude_files: Collection[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """n pool snippets not in `exclude` (snippet keys) nor from `exclude_files`, in a seeded order
+    private to `salt`.
 
     Why salted: each consumer (iteration t, final synthesis) draws from its own deterministic
     order, so changing one stage's size never reshuffles another's snippets.
+    Why files: the held-out yardstick's snippets come from source files that nothing trains on; a
+    sibling snippet of the same file in a synthesizer's or a student's data would leak its context
+    (and favour the arms whose data is synthesized from the pool over the teacher's).
     """
 
     order = list(range(len(pool)))
@@ -244,7 +260,7 @@ def allocate(pool: list[dict[str, Any]], exclude: set[str], n: int, seed: int, s
     for i in order:
         if len(out) == n:
             break
-        if snippet_key(pool[i]["text"]) not in exclude:
+        if snippet_key(pool[i]["text"]) not in exclude and source_file(pool[i]) not in exclude_files:
             out.append(pool[i])
     if len(out) < n:
         raise ValueError(

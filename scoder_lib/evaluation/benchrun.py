@@ -9,8 +9,9 @@ from typing import Any
 from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_jsonl
 from scoder_lib.core.records import EvalResult, SeedSample
-from scoder_lib.core.stats import wilson
+from scoder_lib.core.stats import mean_ci, wilson
 from scoder_lib.data.benchmarks import Task, load_tasks
+from scoder_lib.evaluation.compare import tests_share_by_task
 from scoder_lib.evaluation.evaluate import build_prompt, evaluate_samples, write_results
 from scoder_lib.llm import student_format
 from scoder_lib.llm.base import GenRequest
@@ -107,3 +108,10 @@ def headline(benchmark: str, rows: list[EvalResult], n_tasks: int) -> dict[str, 
     c = sum(r.passed for r in rows)
     lo, hi = wilson(c, n_tasks)
     return {"pass@1": c / n_tasks if n_tasks else 0.0, "ci_low": lo, "ci_high": hi, "n": n_tasks}
+
+
+def asserts_passed_headline(rows: list[EvalResult], task_ids: list[str], seed: int = 0) -> dict[str, float]:
+    """`compare.HELDOUT_TESTS`'s headline, in `headline`'s columns: the mean over tasks of the share of tests
+    passed, with a bootstrap 95% interval over tasks."""
+    mean, lo, hi = mean_ci(tests_share_by_task(rows, task_ids), seed=seed)
+    return {"pass@1": mean, "ci_low": lo, "ci_high": hi, "n": len(task_ids)}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from scoder_lib.core.records import EvalResult
-from scoder_lib.core.stats import paired_delta
+from scoder_lib.core.stats import paired_delta, paired_mean_delta
 
 Results = dict[str, dict[str, list[EvalResult]]]  # model -> benchmark -> rows (one greedy answer per task)
+# The held-out answers scored by the share of the teacher's asserts each passes (APPS's test-case
+# average): where every model scores 0 on whole problems, this still tells them apart.
+HELDOUT_TESTS = "heldout-tests"
 
 
 def comparisons(models: list[str], arms: dict[str, str]) -> list[tuple[str, str]]:
@@ -28,17 +31,32 @@ def passed_by_task(rows: list[EvalResult], task_ids: list[str]) -> list[bool]:
     return [bool(got.get(t, False)) for t in task_ids]
 
 
+def metric_label(benchmark: str) -> str:
+    """What a benchmark's `pass@1` column holds, for axes and headers."""
+    return "share of the teacher's asserts passed (%)" if benchmark == HELDOUT_TESTS else "pass@1 (%)"
+
+
+def tests_share_by_task(rows: list[EvalResult], task_ids: list[str]) -> list[float]:
+    """The share of its tests each task's answer passed, in `task_ids` order (no answer: 0)."""
+    got = {r.task_id: r.tests_passed / r.tests_total for r in rows if r.tests_total}
+    return [got.get(t, 0.0) for t in task_ids]
+
+
 def paired_table(
     results: Results, pairs: list[tuple[str, str]], task_ids: dict[str, list[str]], seed: int
 ) -> pd.DataFrame:
     """One row per (pair, benchmark): pass@1 of both, the delta in points, its 95% paired bootstrap
-    interval and McNemar's exact p."""
+    interval and McNemar's exact p; for `HELDOUT_TESTS`, the share of tests passed and the sign-flip p."""
     rows = []
     for a, b in pairs:
         for bench, ids in task_ids.items():
             if bench not in results.get(a, {}) or bench not in results.get(b, {}):
                 continue
-            d = paired_delta(passed_by_task(results[a][bench], ids), passed_by_task(results[b][bench], ids), seed=seed)
+            ra, rb = results[a][bench], results[b][bench]
+            if bench == HELDOUT_TESTS:
+                d = paired_mean_delta(tests_share_by_task(ra, ids), tests_share_by_task(rb, ids), seed=seed)
+            else:
+                d = paired_delta(passed_by_task(ra, ids), passed_by_task(rb, ids), seed=seed)
             rows.append(
                 {
                     "comparison": f"{b} - {a}",

@@ -145,7 +145,7 @@ def jobs_for(
     if b == "humaneval":
         return [Job(program=program, tests=f"{task.test}\n\ncheck({task.entry_point})\n")]
     if b == "heldout":
-        return [Job(program=program, tests=task.test)]
+        return [Job(program=program, tests=t) for t in each_assert(task.test)]
     if b == "mbpp":  # some of MBPP's asserts use math.isclose without importing math
         return [Job(program=program, tests=f"import math\n{task.test}")]
     if b in EVALPLUS:
@@ -161,6 +161,18 @@ def jobs_for(
             )
         ]
     return [_lcb_job(task, program)]
+
+
+def each_assert(tests: str) -> list[str]:
+    """The held-out tests one assert a job, so that an answer earns the share of asserts it passes
+    (APPS's test-case average); tests that are anything but a sequence of asserts stay one job."""
+    try:
+        body = ast.parse(tests).body
+    except SyntaxError:
+        return [tests]
+    if len(body) < 2 or not all(isinstance(node, ast.Assert) for node in body):
+        return [tests]
+    return [ast.get_source_segment(tests, node) or "" for node in body]
 
 
 def _human_eval_result(r: ExecResult) -> str:
@@ -180,6 +192,8 @@ def _row(task: Task, sample: dict[str, Any], program: str, changed: bool, result
         _human_eval_result(last),
         completion=sample.get("completion"),
     )
+    if task.benchmark == "heldout":
+        row.tests_passed, row.tests_total = sum(r.passed for r in results), len(results)
     if task.benchmark in EVALPLUS:
         base, plus = results
         row.base_status, row.plus_status, row.base_passed = ep.status(base), ep.status(plus), base.passed

@@ -39,6 +39,10 @@ class SeedSet:
         """Every seed snippet (both splits): later stages never sample from these."""
         return {snippet_key(r.snippet) for r in self.rows}
 
+    def heldout_files(self) -> set[str]:
+        """The source files of the held-out snippets: later stages never sample from these either."""
+        return {source_file(r) for r in self.heldout}
+
 
 def load(path: Path) -> SeedSet:
     if not path.is_file():

@@ -45,6 +45,10 @@ class TeacherData:
         """Every teacher snippet (both splits, bought ones too): later stages never sample from these."""
         return self.seeds.snippet_keys() | {snippet_key(r.snippet) for r in self.bought}
 
+    def heldout_files(self) -> set[str]:
+        """Source files of the held-out yardstick (bought samples are never held out)."""
+        return self.seeds.heldout_files()
+
     def fit_rows(self, n: int, seed: int) -> list[SeedSample]:
         """A seeded sample of `n` training samples for the weight fit (committed and bought alike)."""
         rows = list(self.train)
@@ -67,7 +71,7 @@ def buy(
 ) -> list[SeedSample]:
     """Send `n_new` fresh pool snippets to the teacher endpoint; keep the valid answers; record the cost."""
     t = cfg.seed_stage.teacher
-    fresh = allocate(pool, seeds.snippet_keys(), t.n_new, cfg.seed, "teacher")
+    fresh = allocate(pool, seeds.snippet_keys(), t.n_new, cfg.seed, "teacher", exclude_files=seeds.heldout_files())
     gen = generator(t.model, cache_dir)
     rows = extend_with_teacher(cfg, gen, [s["text"] for s in fresh], cache_dir)
     write_records(folder / BOUGHT, rows)

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from scoder_lib.core.run import Run
+from scoder_lib.evaluation.compare import HELDOUT_TESTS
 from scoder_lib.method import yardstick
 
 NOT_RESOLVED = "not resolved at this size"
@@ -114,7 +115,8 @@ def _student_claims(run: Run) -> list[dict[str, Any]]:
             "ci_high": r["ci_high"] / 100,
             "p_value": r["p_value"],
         }
-        rows.append(_row(claim, f"{r['benchmark']}: pass@1 of {r['b']} minus {r['a']}", d))
+        what = "share of the teacher's asserts passed" if r["benchmark"] == HELDOUT_TESTS else "pass@1"
+        rows.append(_row(claim, f"{r['benchmark']}: {what} of {r['b']} minus {r['a']}", d))
     return rows
 
 

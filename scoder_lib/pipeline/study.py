@@ -14,6 +14,7 @@ import torch
 from scoder_lib.core.io import read_json
 from scoder_lib.core.run import Run
 from scoder_lib.evaluation import anchors
+from scoder_lib.evaluation.compare import HELDOUT_TESTS
 from scoder_lib.pipeline.engines import one_line
 from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
@@ -190,7 +191,8 @@ def summary_html(
         )
     if not table.empty:
         wide = (table.pivot(index="model", columns="benchmark", values="pass@1") * 100).round(1)
-        parts.append("<h3>Greedy pass@1 (%)</h3>" + wide.to_html())
+        note = f"; {HELDOUT_TESTS}: the share of the teacher's asserts passed" if HELDOUT_TESTS in wide else ""
+        parts.append(f"<h3>Greedy pass@1 (%{note})</h3>" + wide.to_html())
         parts.append(f"<p><i>Reference ({anchors.OTHER_SCALE}): {anchors.sentence()}.</i></p>")
     if not curves.empty:
         cols = [c for c in curves if c.startswith("heldout_")]

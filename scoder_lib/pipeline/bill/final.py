@@ -104,7 +104,7 @@ def task_counts(c: Ctx) -> dict[str, int]:
         n = min(n, ev.max_tasks) if ev.max_tasks else n
         counts[b] = min(n, ev.task_sample.get(b, n))
     if ev.heldout_problems:
-        counts[HELDOUT] = c.heldout
+        counts[HELDOUT] = len(c.seed.heldout)  # every held-out problem, not only the yardstick's
     return counts
 
 
