@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 
 from scoder_lib.core.config import REPO_ROOT, ConfigError, LoraOptions
 from scoder_lib.core.params import load_config
+from scoder_lib.evaluation import evaluate
 from scoder_lib.method import scoring, seed, selection, synthesis
 from scoder_lib.method.train import encode, save_points
 from scoder_lib.pipeline.bill import lengths, models
@@ -198,6 +199,20 @@ def test_assumptions_can_be_overridden_and_typos_fail():
 
 
 # ----------------------------------------------------------------------------- restated rules agree
+def test_held_out_problems_are_billed_for_every_one_and_every_assert(tmp_path):
+    """06 answers every held-out problem (not only the synthesizers' yardstick) and judges each answer once
+    per teacher assert."""
+    s = seed.load(REPO_ROOT / "data" / "seed" / "seed_compact_v2.jsonl")
+    asserts = sum(len(evaluate.each_assert(r.tests)) for r in s.heldout)
+    on = bill_of(tmp_path, "tiny", {}, name="on")
+    off = bill_of(tmp_path, "tiny", {"evaluate": {"heldout_problems": False}}, name="off")
+    prompts = [[w for w in b.works if w.stage == "06_evaluate" and w.kind == "generate" and w.item.startswith("base:")]
+               for b in (on, off)]  # fmt: skip
+    assert prompts[0][0].sequences - prompts[1][0].sequences == len(s.heldout) > 80
+    judged = item(on, "06_evaluate", "base: judge").programs - item(off, "06_evaluate", "base: judge").programs
+    assert judged == pytest.approx(asserts, abs=1) and asserts > 3 * len(s.heldout)
+
+
 def test_restated_counting_rules_agree_with_the_library():
     for total in range(1, 40):
         for m in range(1, 6):

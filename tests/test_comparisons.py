@@ -4,6 +4,7 @@ checkpoint samples, an honest weight fit, paired statistics, one student prompt 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scoder_lib.core.config import AspectWeights, Sampling
@@ -20,7 +21,7 @@ from scoder_lib.llm.base import GenRequest, prompt_ids
 from scoder_lib.llm.models import load
 from scoder_lib.method import arms, candidates, instructions, selection, teacher, weights
 from scoder_lib.method.train import encode
-from scoder_lib.pipeline import claims, costs
+from scoder_lib.pipeline import claims, costs, study
 from scoder_lib.pipeline.plan import describe_arms
 
 
@@ -298,3 +299,18 @@ def test_claims_from_stage_metrics_carry_the_yardstick_size():
     rows = [claims._row("c", "e", claims._metric_delta(m, "x")) for m in (m2, m4)]
     assert [r["n"] for r in rows] == [80, 80]
     assert [r["verdict"] for r in rows] == ["supported", claims.NOT_RESOLVED]
+
+
+def test_the_report_shows_influence_in_significant_digits_not_rounded_to_zero():
+    """Influence is a learning-rate-weighted cosine (~1e-5): rounded to 3 decimals every iteration read 0.000."""
+    curves = pd.DataFrame(
+        {
+            "heldout_valid_rate": [0.0626, 0.0126],
+            "influence_mean": [3.886e-5, -3.2e-5],
+            "influence_std": [6.24e-6, None],
+        },
+        index=pd.Index([1, 2], name="synthesizer"),
+    )
+    shown = study.readable(curves)
+    assert list(shown.influence_mean) == ["3.89e-05", "-3.2e-05"] and list(shown.influence_std) == ["6.24e-06", ""]
+    assert list(shown.heldout_valid_rate) == [0.063, 0.013]

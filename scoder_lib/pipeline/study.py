@@ -119,12 +119,23 @@ def iteration_curves(run: Run) -> pd.DataFrame:
                 **{f"mean_{a}": m3.get(f"mean_{a}") for a in run.cfg.iterate.aspects},
                 "influence_mean": m4.get("influence_mean"),
                 "influence_std": m4.get("influence_std"),
+                "influence_vs_score_spearman": m4.get("spearman_score_influence"),
                 "delta_valid": m4.get("vs_previous_valid_delta"),
                 "delta_parsed": m4.get("vs_previous_parsed_delta"),
             }
         )
     df = pd.DataFrame(rows).set_index("synthesizer")
     return df.apply(pd.to_numeric, errors="coerce")
+
+
+def readable(curves: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`curves` for display: rates rounded; influence (learning-rate-weighted cosines, ~1e-5) in three
+    significant digits, which rounding would show as 0."""
+    out = curves.round(digits).astype(object)
+    for c in ("influence_mean", "influence_std"):
+        if c in curves:
+            out[c] = curves[c].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}g}")
+    return out
 
 
 def curve_long(curves: pd.DataFrame) -> pd.DataFrame:

@@ -128,7 +128,7 @@ def evaluate(c: Ctx, sizes: list[ArmSize]) -> list[Work]:
         if lora_student and cfg.final.student.backend == "vllm" and not cfg.final.student.vllm.lora_as_adapter:
             gen.merges, gen.disk_bytes = 1, c.sizes["student"].params * FLOAT32_BYTES
         out.append(gen)
-        programs = sum(n * samples * (c.a.plus_test_cost if b.endswith("+") else 1.0) for b, n in counts.items())
+        programs = sum(n * samples * _programs_per_answer(c, b) for b, n in counts.items())
         out.append(
             sandbox(
                 st,
@@ -139,6 +139,14 @@ def evaluate(c: Ctx, sizes: list[ArmSize]) -> list[Work]:
             )
         )
     return out
+
+
+def _programs_per_answer(c: Ctx, bench: str) -> float:
+    """Sandbox programs per answer, in plain-test units: EvalPlus's plus inputs cost more; a held-out
+    answer runs once per teacher assert."""
+    if bench == HELDOUT:
+        return c.seed.mean("judge_jobs", c.seed.heldout)
+    return c.a.plus_test_cost if bench.endswith("+") else 1.0
 
 
 def _prompt_tokens(c: Ctx, bench: str) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scoder_lib.core.config import Config, TrainOptions
 from scoder_lib.core.io import iter_jsonl
+from scoder_lib.evaluation.evaluate import each_assert
 from scoder_lib.llm import student_format
 from scoder_lib.pipeline.bill.constants import CHARS_PER_TOKEN, CHAT_OVERHEAD_TOKENS, PROSE_CHARS_PER_TOKEN
 
@@ -72,6 +73,7 @@ class Row:
     student_prompt: float  # the student's prompt for its problem (final.student_format)
     student_response: float  # the student's target: its solution (+ EOS)
     response_chars: int
+    judge_jobs: int = 1  # sandbox programs that judge an answer to its problem (one per assert)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def _load(path: Path, version: str, student_fmt: str) -> SeedLengths:
                 student_prompt=student_frame + tokens(len(d["problem"].strip())),
                 student_response=answer_frame + tokens(len(d["solution"].strip())) + 1,
                 response_chars=len(response),
+                judge_jobs=len(each_assert(d["tests"])),
             )
         )
     return SeedLengths(tuple(rows))
