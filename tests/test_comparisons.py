@@ -236,6 +236,20 @@ def test_a_verdict_needs_the_exact_test_to_agree_with_the_interval():
     assert claims.verdict(big["ci_low"], big["ci_high"], big["p_value"]) == "contradicted"
 
 
+def test_samples_of_one_snippet_count_as_one_witness():
+    """Two samples a snippet, moving together: 5 snippets won both times are 10 discordant samples to
+    McNemar (p 0.002) but 5 clusters to the sign-flip test (p 1/16): not resolved, as 5 snippets are not."""
+    a, b = [False] * 40, [True] * 10 + [False] * 30
+    snippets = [f"s{i // 2}" for i in range(40)]
+    clustered, flat = paired_delta(a, b, snippets, seed=0), paired_delta(a, b, seed=0)
+    assert flat["p_value"] == pytest.approx(mcnemar_p(0, 10)) and flat["p_value"] < 0.01
+    assert clustered["p_value"] == pytest.approx(2 / 2**5)
+    assert claims.verdict(clustered["ci_low"], clustered["ci_high"], clustered["p_value"]) == claims.NOT_RESOLVED
+    # the exact sign-flip test is McNemar's on 0/1 differences, for any split of the discordant pairs
+    for only_a, only_b in [(0, 3), (2, 9), (4, 4), (1, 12)]:
+        assert sign_flip_p([1.0] * only_b + [-1.0] * only_a) == pytest.approx(mcnemar_p(only_a, only_b))
+
+
 def test_shares_of_tests_passed_are_compared_pair_by_pair():
     """Shares in [0, 1] (the held-out tests): the sign-flip p is McNemar's on 0/1 scores, and a shift that
     no answer turns into a whole solved problem is still measured, with its interval over problems."""

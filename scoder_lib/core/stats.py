@@ -48,10 +48,12 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 def paired_delta(
     a: Sequence[bool], b: Sequence[bool], clusters: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, float]:
-    """Rate of `b` minus rate of `a` on the same items, with a paired bootstrap 95% interval and McNemar's p.
+    """Rate of `b` minus rate of `a` on the same items, with a paired bootstrap 95% interval and a p-value.
 
     Items are resampled by cluster (e.g. a snippet's several samples move together), so correlated
-    samples do not narrow the interval. The p-value treats items as independent pairs.
+    samples do not narrow the interval. The p-value is McNemar's exact test when every item is its own
+    cluster; with clusters of several items, the sign-flip test on each cluster's summed difference (the
+    samples of one snippet flip together, so two samples of a snippet do not count as two witnesses).
     """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape:
@@ -84,23 +86,30 @@ def paired_delta(
         "delta": float(y.mean() - x.mean()),
         "ci_low": float(np.percentile(boots, 2.5)),
         "ci_high": float(np.percentile(boots, 97.5)),
-        "p_value": mcnemar_p(only_a, only_b),
+        "p_value": mcnemar_p(only_a, only_b) if size.max() == 1 else sign_flip_p(diff_sum, seed=seed),
         "only_a": only_a,
         "only_b": only_b,
     }
 
 
+EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences every sign pattern is enumerated
+
+
 def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> float:
-    """Two-sided paired permutation p for a mean difference: each item's difference keeps its size and
-    takes a random sign (Monte Carlo, (hits + 1) / (n_perm + 1)). For 0/1 scores it is McNemar's test.
+    """Two-sided paired permutation p for a summed difference: each item's difference keeps its size and
+    takes either sign. Exact over all patterns up to `EXACT_SIGN_FLIPS` non-zero items, else Monte Carlo
+    ((hits + 1) / (n_perm + 1)). For 0/1 scores it is McNemar's exact test.
     """
     d = np.asarray(diffs, dtype=float)
     d = d[d != 0]
     if len(d) == 0:
         return 1.0
     observed = abs(d.sum())
+    if len(d) <= EXACT_SIGN_FLIPS:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+        return float((np.abs(signs @ d) >= observed - 1e-9).mean())
     signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_perm, len(d)))
-    hits = int((np.abs(signs @ d) >= observed - 1e-12).sum())
+    hits = int((np.abs(signs @ d) >= observed - 1e-9).sum())
     return (hits + 1) / (n_perm + 1)
 
 
