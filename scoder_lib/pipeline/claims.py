@@ -2,7 +2,8 @@
 
 A claim is "supported" when the 95% interval of its paired effect lies above zero, "contradicted" when
 below, and "not resolved at this size" otherwise: the verdict is read off the interval, never off the
-point estimate. Where the exact McNemar test is at hand it must agree (p < 0.05): with a handful of
+point estimate. Where an exact test is at hand (McNemar's, or the sign-flip test over snippets or
+problems: `core.stats`) it must agree (p < 0.05): with a handful of
 discordant pairs the percentile bootstrap can clear zero while the exact test does not (tiny's
 iteration 1 against its control: interval [-20.0, -1.2] points, p = 0.077), and such an effect is not
 resolved.
