@@ -12,7 +12,7 @@ from scoder_lib.core.io import write_json
 from scoder_lib.core.params import load_config
 from scoder_lib.core.records import Candidate, EvalResult, InstructionSample, SeedSample, write_records
 from scoder_lib.core.run import Run
-from scoder_lib.core.stats import mcnemar_p, paired_delta, paired_mean_delta, sign_flip_p
+from scoder_lib.core.stats import mcnemar_p, paired_delta, sign_flip_p
 from scoder_lib.data.benchmarks import Task
 from scoder_lib.evaluation.compare import HELDOUT_TESTS, paired_table
 from scoder_lib.evaluation.evaluate import build_prompt, summarize
@@ -254,17 +254,17 @@ def test_shares_of_tests_passed_are_compared_pair_by_pair():
     """Shares in [0, 1] (the held-out tests): the sign-flip p is McNemar's on 0/1 scores, and a shift that
     no answer turns into a whole solved problem is still measured, with its interval over problems."""
     binary_a, binary_b = [1.0] * 3 + [0.0] * 77, [0.0] * 3 + [1.0] * 12 + [0.0] * 65
-    d = paired_mean_delta(binary_a, binary_b, seed=0)
+    d = paired_delta(binary_a, binary_b, seed=0)
     assert d["p_value"] == pytest.approx(mcnemar_p(3, 12), abs=0.01)
     assert sign_flip_p([0.0] * 10) == 1.0
     rng = np.random.default_rng(0)
     a = rng.choice([0.0, 1 / 3, 2 / 3], size=93, p=[0.8, 0.15, 0.05])
     b = np.minimum(a + rng.choice([0.0, 1 / 3], size=93, p=[0.6, 0.4]), 1.0)  # b passes more asserts
-    d = paired_mean_delta(a, b, seed=0)
+    d = paired_delta(a, b, seed=0)
     assert d["delta"] == pytest.approx(float((b - a).mean())) and 0 < d["ci_low"] < d["delta"] < d["ci_high"]
     assert d["p_value"] < 0.001 and d["only_a"] == 0 and d["only_b"] == int((b > a).sum())
     assert claims.verdict(d["ci_low"], d["ci_high"], d["p_value"]) == "supported"
-    assert paired_mean_delta(a, a)["p_value"] == 1.0
+    assert paired_delta(a, a)["p_value"] == 1.0
     # through the table: rows carry tests passed of total; a task without an answer scores 0
     ids = ["h0", "h1", "h2"]
     base = [EvalResult("h0", "s", False, False, "failed", "", "failed", tests_passed=1, tests_total=3)]

@@ -46,14 +46,16 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 
 
 def paired_delta(
-    a: Sequence[bool], b: Sequence[bool], clusters: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0
+    a: Sequence[float], b: Sequence[float], clusters: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, float]:
-    """Rate of `b` minus rate of `a` on the same items, with a paired bootstrap 95% interval and a p-value.
+    """Mean of `b` minus mean of `a` on the same items (0/1 verdicts, or scores in [0, 1] such as the share
+    of a problem's tests passed), with a paired bootstrap 95% interval and a p-value.
 
     Items are resampled by cluster (e.g. a snippet's several samples move together), so correlated
-    samples do not narrow the interval. The p-value is McNemar's exact test when every item is its own
-    cluster; with clusters of several items, the sign-flip test on each cluster's summed difference (the
-    samples of one snippet flip together, so two samples of a snippet do not count as two witnesses).
+    samples do not narrow the interval. The p-value is McNemar's exact test for 0/1 items that are each
+    their own cluster; otherwise the sign-flip test on each cluster's summed difference (the samples of
+    one snippet flip together, so two samples of a snippet do not count as two witnesses). `only_a` /
+    `only_b` count the items where one side scored higher.
     """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape:
@@ -78,7 +80,8 @@ def paired_delta(
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(groups), size=(n_boot, len(groups)))
     boots = diff_sum[pick].sum(1) / size[pick].sum(1)
-    only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    only_a, only_b = int((x > y).sum()), int((y > x).sum())
+    binary = np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all()
     return {
         "n": n,
         "rate_a": float(x.mean()),
@@ -86,7 +89,7 @@ def paired_delta(
         "delta": float(y.mean() - x.mean()),
         "ci_low": float(np.percentile(boots, 2.5)),
         "ci_high": float(np.percentile(boots, 97.5)),
-        "p_value": mcnemar_p(only_a, only_b) if size.max() == 1 else sign_flip_p(diff_sum, seed=seed),
+        "p_value": mcnemar_p(only_a, only_b) if binary and size.max() == 1 else sign_flip_p(diff_sum, seed=seed),
         "only_a": only_a,
         "only_b": only_b,
     }
@@ -111,34 +114,3 @@ def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> f
     signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_perm, len(d)))
     hits = int((np.abs(signs @ d) >= observed - 1e-9).sum())
     return (hits + 1) / (n_perm + 1)
-
-
-def paired_mean_delta(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of `b` minus mean of `a` on the same items, for scores in [0, 1] that are not just 0/1 (the
-    share of a problem's tests passed): a paired bootstrap 95% interval over items and the sign-flip p.
-    `only_a` / `only_b` count the items where one side scored higher."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired_mean_delta needs the same items on both sides: {x.shape} vs {y.shape}")
-    n = len(x)
-    if n == 0:
-        nan = float("nan")
-        return dict.fromkeys(("rate_a", "rate_b", "delta", "ci_low", "ci_high"), nan) | {
-            "n": 0,
-            "p_value": 1.0,
-            "only_a": 0,
-            "only_b": 0,
-        }
-    diff = y - x
-    boots = diff[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(1)
-    return {
-        "n": n,
-        "rate_a": float(x.mean()),
-        "rate_b": float(y.mean()),
-        "delta": float(diff.mean()),
-        "ci_low": float(np.percentile(boots, 2.5)),
-        "ci_high": float(np.percentile(boots, 97.5)),
-        "p_value": sign_flip_p(diff, seed=seed),
-        "only_a": int((x > y).sum()),
-        "only_b": int((y > x).sum()),
-    }

@@ -1,11 +1,11 @@
-"""Paired comparisons between models evaluated on the same tasks: the delta, its interval, McNemar's p."""
+"""Paired comparisons between models evaluated on the same tasks: the delta, its interval, an exact p."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from scoder_lib.core.records import EvalResult
-from scoder_lib.core.stats import paired_delta, paired_mean_delta
+from scoder_lib.core.stats import paired_delta
 
 Results = dict[str, dict[str, list[EvalResult]]]  # model -> benchmark -> rows (one greedy answer per task)
 # The held-out answers scored by the share of the teacher's asserts each passes (APPS's test-case
@@ -52,11 +52,8 @@ def paired_table(
         for bench, ids in task_ids.items():
             if bench not in results.get(a, {}) or bench not in results.get(b, {}):
                 continue
-            ra, rb = results[a][bench], results[b][bench]
-            if bench == HELDOUT_TESTS:
-                d = paired_mean_delta(tests_share_by_task(ra, ids), tests_share_by_task(rb, ids), seed=seed)
-            else:
-                d = paired_delta(passed_by_task(ra, ids), passed_by_task(rb, ids), seed=seed)
+            score = tests_share_by_task if bench == HELDOUT_TESTS else passed_by_task
+            d = paired_delta(score(results[a][bench], ids), score(results[b][bench], ids), seed=seed)
             rows.append(
                 {
                     "comparison": f"{b} - {a}",
