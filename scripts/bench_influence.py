@@ -15,7 +15,8 @@
    process (its own peak RSS), rounds interleaved; all use the sparse projection, so features compare:
      loop     LESS's way: one forward/backward per sample with the model's own loss;
      batched  one backward per batch, response-only head, whole model for every checkpoint;
-     new      batched + the frozen prefix (first 22 layers) run once per sample for both checkpoints.
+     prefix   batched + the frozen prefix (first 22 layers) run once per sample for both checkpoints;
+     new      prefix + each LoRA layer run as one merged matmul (PEFT's forward: four passes).
 3. Ranking: Spearman of the candidates' influence from projected features (sparse at 8192 and
    2048, dense at 8192) vs from exact (unprojected) cosines, on those candidates. With
    `--run RUN --iteration T` (and SCODER_OUTPUTS if the run is elsewhere): on a finished iteration
@@ -136,10 +137,11 @@ def print_projection(rows: list[dict], dim: int) -> None:
 
 
 # ----------------------------------------------------------------------------- 2. features on the CPU
-METHODS = {  # name: (batched, reuse_prefix)
-    "loop": (False, False),
-    "batched": (True, False),
-    "new": (True, True),
+METHODS = {  # name: (batched, reuse_prefix, merge_lora)
+    "loop": (False, False, False),
+    "batched": (True, False, False),
+    "prefix": (True, True, False),
+    "new": (True, True, True),
 }
 
 
@@ -187,9 +189,9 @@ def child(method: str, ckpts: list[Path], cands: list[Example], targets: list[Ex
     """One method: features of candidates and targets at every checkpoint; timings as JSON (last line)."""
     loaded = inf_checkpoints.load_checkpoint(ckpts[0])  # loading is the same for all methods: not timed
     rss_loaded = reset_peak_rss()
-    batched, reuse = METHODS[method]
+    batched, reuse, merge = METHODS[method]
     opts = InfluenceOptions(projection_dim=args.dim, batch_size=args.batch_size)
-    common = {"opts": opts, "max_seq_len": MAX_SEQ_LEN, "batched": batched, "reuse_prefix": reuse}
+    common = {"opts": opts, "max_seq_len": MAX_SEQ_LEN, "batched": batched, "reuse_prefix": reuse, "merge_lora": merge}
     start, cpu = time.perf_counter(), time.process_time()
     cand = inf_features.checkpoint_features(ckpts, cands, kind="adam", **common)
     tgt = inf_features.checkpoint_features(ckpts, targets, kind="sgd", **common)

@@ -58,6 +58,16 @@ def test_batched_grads_equal_one_sample_at_a_time(run):
     assert _rel_err(batched, alone).max() < 1e-4
     per_param = alone.split(list(loaded.layout.sizes), dim=1)
     assert all(p.norm() > 0 for p in per_param)  # lora_A and lora_B both carry gradient
+    # PEFT's own LoRA forward (not merged into one matmul) gives the same gradients
+    batch = inf_grads.collate(rows, loaded.tok.pad_token_id)
+    assert _rel_err(inf_grads.batched_grads(loaded.model, loaded.layout, batch, merge=False), batched).max() < 1e-5
+    # with dropout live the per-sample formula would be wrong: refused, not computed
+    loaded.model.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            inf_grads.batched_grads(loaded.model, loaded.layout, batch)
+    finally:
+        loaded.model.eval()
 
 
 def test_batched_grads_with_lora_on_some_layers_and_modules(micro_ref):

@@ -81,13 +81,15 @@ def checkpoint_features(
     max_seq_len: int,
     batched: bool = True,
     reuse_prefix: bool = True,
+    merge_lora: bool = True,
     cache_dir: Path | None = None,
 ) -> list[np.ndarray]:
     """n x D L2-normalised projected features at each checkpoint: Adam directions ("adam") or gradients ("sgd").
 
     Checkpoints of one adapter structure share one loaded model, their LoRA weights swapped in; where
     LoRA starts above the first layer, the frozen layers below it run once per sample for all of
-    them (reuse_prefix=False: not reused, for benchmarks). batched=False computes one sample per
+    them (reuse_prefix=False: not reused, for benchmarks); each LoRA layer runs as one merged matmul
+    (merge_lora=False: PEFT's own forward, for benchmarks). batched=False computes one sample per
     forward with the model's own loss (LESS's loop, the reference; opts.batch_size then unused).
     With cache_dir, features are read from or written to it, shard by shard. Examples whose prompt
     alone exceeds max_seq_len get an all-zero row (cosine 0 to everything).
@@ -103,7 +105,9 @@ def checkpoint_features(
     done = {i: np.load(f) for i, f in enumerate(finals) if f is not None and f.exists()}
     todo = [i for i in range(len(checkpoints)) if i not in done]
     for group in _by_structure(todo, checkpoints):
-        job = _Job.start(checkpoints[group[0]], kind, opts, batched, reuse_prefix, len(examples) * len(group))
+        job = _Job.start(
+            checkpoints[group[0]], kind, opts, batched, reuse_prefix, merge_lora, len(examples) * len(group)
+        )
         encoded = [encode(job.loaded.tok, e, max_seq_len) for e in examples]
         if skipped := sum(r is None for r in encoded):
             log.warning(
@@ -153,15 +157,24 @@ class _Job:
     projector: Projector
     batch_size: int  # 0: LESS's one-sample loop
     reuse_prefix: bool
+    merge_lora: bool
     progress: Progress
 
     @classmethod
     def start(
-        cls, first: Path, kind: Kind, opts: InfluenceOptions, batched: bool, reuse_prefix: bool, total: int
+        cls,
+        first: Path,
+        kind: Kind,
+        opts: InfluenceOptions,
+        batched: bool,
+        reuse_prefix: bool,
+        merge_lora: bool,
+        total: int,
     ) -> _Job:
         projector = make_projector(opts.projection, opts.projection_dim, opts.projection_seed)
         progress = Progress(total, f"{kind} gradient features", unit="sample-checkpoints")
-        return cls(load_checkpoint(first), kind, projector, opts.batch_size if batched else 0, reuse_prefix, progress)
+        batch_size = opts.batch_size if batched else 0
+        return cls(load_checkpoint(first), kind, projector, batch_size, reuse_prefix, merge_lora, progress)
 
     def shard(self, checkpoints: list[Path], encoded: list[Row | None], paths: list[Path | None]) -> list[np.ndarray]:
         """One shard's features at each checkpoint: read back where its file exists, else computed.
@@ -209,7 +222,7 @@ class _Job:
         if step.batch is None:  # LESS's loop: the model's own loss, whole vectors
             yield 0, loop_grads(self.loaded.model, self.loaded.layout, step.encoded)
         else:
-            yield from grad_blocks(self.loaded.model, self.loaded.layout, step.batch, step.prefix)
+            yield from grad_blocks(self.loaded.model, self.loaded.layout, step.batch, step.prefix, self.merge_lora)
 
 
 @dataclass
