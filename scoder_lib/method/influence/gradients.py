@@ -256,11 +256,12 @@ def grad_blocks(
         else:
             if masked[0] != k:  # A and B of a layer are neighbours in the layout: mask once
                 masked = (k, grads[k] * mask)
-            g, x, s = masked[1], taps.inputs[k], layer.scaling[layout.adapter]
+            a, b = layer.lora_A[layout.adapter].weight.detach(), layer.lora_B[layout.adapter].weight.detach()
+            g, x, s = masked[1].to(a.dtype), taps.inputs[k].to(a.dtype), layer.scaling[layout.adapter]
             if role == "A":  # B x r x in
-                per_sample = torch.bmm((g @ layer.lora_B[layout.adapter].weight.detach()).transpose(1, 2), x)
+                per_sample = torch.bmm((g @ b).transpose(1, 2), x)
             else:  # B x out x r
-                per_sample = torch.bmm(g.transpose(1, 2), x @ layer.lora_A[layout.adapter].weight.detach().t())
+                per_sample = torch.bmm(g.transpose(1, 2), x @ a.t())
             yield offset, per_sample.mul_(s).reshape(len(per_sample), -1)
         offset += size
 
