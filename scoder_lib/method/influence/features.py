@@ -41,7 +41,8 @@ def examples_hash(examples: Sequence[Example]) -> str:
 def features_key(
     checkpoint: Path, examples: Sequence[Example], kind: Kind, opts: InfluenceOptions, max_seq_len: int
 ) -> str:
-    """Cache key: exactly what determines the features (not `batched` or the prefix: all ways agree to 1e-5)."""
+    """Cache key: exactly what determines the features (not `batched`, the prefix or merged LoRA layers:
+    all ways agree to 1e-5)."""
     return fingerprint(
         {
             "v": FEATURES_VERSION,
