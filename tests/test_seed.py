@@ -50,10 +50,27 @@ def test_seed_set_shape(seeds):
 
 
 def test_compact_responses_are_short_for_a_small_synthesizer(micro_ref):
-    """Median response at most 250 SmolLM2 tokens (the micro model shares SmolLM2's tokenizer)."""
+    """Median response at most 250 SmolLM2 tokens (the micro model shares SmolLM2's tokenizer), and
+    tiny's sampling limits cut none of them (a synthesizer that writes like its teacher is not cut off)."""
     _, tok = load(micro_ref)
-    lengths = sorted(len(tok(seed.response(r))["input_ids"]) for r in seed.load(COMPACT_FILE).rows)
+    lengths = sorted(seed.response_tokens(tok, seed.load(COMPACT_FILE).rows))
     assert lengths[len(lengths) // 2] <= 250 and lengths[-1] <= 400
+    cfg = load_config("tiny")
+    limits = {
+        "yardstick": cfg.seed_stage.compare_sampling.max_new_tokens,
+        "iterations": cfg.iterate.sampling.max_new_tokens,
+        "final": cfg.final.sampling.max_new_tokens,
+    }
+    assert seed.cut_at_limits(lengths, limits) == {name: 0.0 for name in limits}
+
+
+def test_cut_at_limits_counts_responses_longer_than_each_limit(caplog):
+    lengths = [100, 200, 300, 320, 321, 398]
+    with caplog.at_level("WARNING", logger="scoder.method.seed"):
+        shares = seed.cut_at_limits(lengths, {"a": 320, "b": 400, "c": 99})
+    assert shares == {"a": 2 / 6, "b": 0.0, "c": 1.0}  # a response of exactly the limit fits
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["a", "c"]
+    assert seed.cut_at_limits([], {"a": 1}) == {"a": 0.0}
 
 
 def test_every_seed_sample_passes_its_tests_in_the_sandbox(seeds):

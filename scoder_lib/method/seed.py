@@ -151,3 +151,31 @@ def leaks(seeds: SeedSet) -> list[str]:
     train_files = {source_file(r) for r in seeds.train}
     train_entries = {r.entry_point for r in seeds.train}
     return [r.id for r in seeds.heldout if source_file(r) in train_files or r.entry_point in train_entries]
+
+
+def response_tokens(tokenizer: Any, rows: list[SeedSample]) -> list[int]:
+    """Each teacher response's length in the synthesizer's tokens: what `max_new_tokens` counts."""
+    return [len(tokenizer(response(r), add_special_tokens=False)["input_ids"]) for r in rows]
+
+
+def cut_at_limits(lengths: list[int], limits: dict[str, int], tolerance: float = 0.01) -> dict[str, float]:
+    """The share of teacher responses longer than each sampling limit (name -> max_new_tokens).
+
+    A synthesizer trained to write like its teacher is cut off that often at that limit: its tests
+    (the last section) end mid-line and the sample fails to parse, which reads as the model's failure.
+    Logs a warning where more than `tolerance` would be cut.
+    """
+    if not lengths:
+        return {name: 0.0 for name in limits}
+    shares = {name: sum(n > limit for n in lengths) / len(lengths) for name, limit in limits.items()}
+    for name, share in shares.items():
+        if share > tolerance:
+            log.warning(
+                "%s sampling stops at %d new tokens, shorter than %.0f%% of the teacher's responses (longest %d): "
+                "raise its max_new_tokens",
+                name,
+                limits[name],
+                100 * share,
+                max(lengths),
+            )
+    return shares
