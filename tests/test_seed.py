@@ -55,13 +55,8 @@ def test_compact_responses_are_short_for_a_small_synthesizer(micro_ref):
     _, tok = load(micro_ref)
     lengths = sorted(seed.response_tokens(tok, seed.load(COMPACT_FILE).rows))
     assert lengths[len(lengths) // 2] <= 250 and lengths[-1] <= 400
-    cfg = load_config("tiny")
-    limits = {
-        "yardstick": cfg.seed_stage.compare_sampling.max_new_tokens,
-        "iterations": cfg.iterate.sampling.max_new_tokens,
-        "final": cfg.final.sampling.max_new_tokens,
-    }
-    assert seed.cut_at_limits(lengths, limits) == {name: 0.0 for name in limits}
+    limits = seed.sampling_limits(load_config("tiny"))
+    assert len(limits) == 3 and seed.cut_at_limits(lengths, limits) == {name: 0.0 for name in limits}
 
 
 def test_cut_at_limits_counts_responses_longer_than_each_limit(caplog):

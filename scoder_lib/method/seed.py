@@ -158,6 +158,16 @@ def response_tokens(tokenizer: Any, rows: list[SeedSample]) -> list[int]:
     return [len(tokenizer(response(r), add_special_tokens=False)["input_ids"]) for r in rows]
 
 
+def sampling_limits(cfg: Config) -> dict[str, int]:
+    """`max_new_tokens` wherever a synthesizer writes: the yardstick (also the weight fit's base
+    samples), each iteration's candidates, the final synthesis."""
+    return {
+        "yardstick": cfg.seed_stage.compare_sampling.max_new_tokens,
+        "iterations": cfg.iterate.sampling.max_new_tokens,
+        "final": cfg.final.sampling.max_new_tokens,
+    }
+
+
 def cut_at_limits(lengths: list[int], limits: dict[str, int], tolerance: float = 0.01) -> dict[str, float]:
     """The share of teacher responses longer than each sampling limit (name -> max_new_tokens).
 
