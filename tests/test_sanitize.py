@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scoder_lib.evaluation.sanitize import referenced_names, sanitize
+from scoder_lib.evaluation.sanitize import definitions_of, import_bindings, referenced_names, sanitize
 
 CHATTY = """Sure! Here is my solution:
 
@@ -91,3 +91,29 @@ def test_untrimmed_mode_keeps_top_level_script_code():
 def test_text_without_code_stays_unparsable_but_does_not_crash():
     out, changed = sanitize("I cannot solve this problem.", "f")
     assert isinstance(out, str) and isinstance(changed, bool)
+
+
+def test_constants_before_the_first_def_survive_an_unparsable_block():
+    """A truncated block is cut to its longest parsable span; the span may start at a constant, not
+    only at a def (EvalPlus's code_extract tries every line)."""
+    out, _ = sanitize("```python\nMOD = 7\ndef f(n):\n    return n % MOD\nprint(f(\n```", "f")
+    assert out.strip() == "MOD = 7\ndef f(n):\n    return n % MOD"
+    ns: dict = {}
+    exec(out, ns)
+    assert ns["f"](9) == 2
+
+
+def test_definitions_of_and_import_bindings():
+    prompt = "import math\nimport os\n\nK = 2\n\ndef poly(x):\n    return math.pow(x, K)\n\ndef f(x):\n    pass\n"
+    helpers = definitions_of(prompt, {"poly", "f", "check"}, exclude={"f"})
+    assert helpers.splitlines() == ["import math", "K = 2", "def poly(x):", "    return math.pow(x, K)"]
+    assert definitions_of(prompt, {"f"}, exclude={"f"}) == "" == definitions_of("not python(", {"poly"})
+    solution = (
+        "from __future__ import annotations\nimport os.path, re as regex\nfrom x import *\nfrom a.b import c, d as e\n"
+    )
+    assert import_bindings(solution + "def f():\n    import datetime\n") == [
+        ("os", "import os.path"),
+        ("regex", "import re as regex"),
+        ("c", "from a.b import c"),
+        ("e", "from a.b import d as e"),
+    ]

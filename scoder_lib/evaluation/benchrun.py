@@ -11,8 +11,8 @@ from scoder_lib.core.io import write_jsonl
 from scoder_lib.core.records import EvalResult, SeedSample
 from scoder_lib.core.stats import mean_ci, wilson
 from scoder_lib.data.benchmarks import Task, load_tasks
-from scoder_lib.evaluation.compare import tests_share_by_task
-from scoder_lib.evaluation.evaluate import build_prompt, evaluate_samples, write_results
+from scoder_lib.evaluation.compare import one_answer_per_task, tests_share_by_task
+from scoder_lib.evaluation.evaluate import SKIP_REASON, build_prompt, evaluate_samples, judgeable, write_results
 from scoder_lib.llm import student_format
 from scoder_lib.llm.base import GenRequest
 from scoder_lib.llm.generator import Generator
@@ -43,15 +43,23 @@ def choose(cfg: Config, benchmark: str, tasks: list[Task]) -> list[Task]:
     return [t for i, t in enumerate(tasks) if i in picked]
 
 
-def tasks_for(cfg: Config, benchmark: str, heldout: list[SeedSample] | None = None) -> list[Task]:
-    """The chosen tasks of a benchmark (prompts come from `TASKS_OF` where a benchmark borrows them)."""
+def chosen_tasks(cfg: Config, benchmark: str, heldout: list[SeedSample] | None = None) -> tuple[list[Task], int]:
+    """The chosen tasks of a benchmark that can be judged here, and how many chosen ones cannot (BigCodeBench
+    tasks whose libraries are missing). Why leave those out here: then generation, the headline's
+    denominator, `evaluate.summarize`'s n_tasks and the paired tests all count the same tasks."""
     if benchmark == HELDOUT:
-        return heldout_tasks(heldout or [])
+        return heldout_tasks(heldout or []), 0
     b = cfg.benchmarks
     source = TASKS_OF.get(benchmark, benchmark)
-    return choose(
+    tasks = choose(
         cfg, benchmark, load_tasks(source, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
     )
+    return judgeable(benchmark, tasks)
+
+
+def tasks_for(cfg: Config, benchmark: str, heldout: list[SeedSample] | None = None) -> list[Task]:
+    """`chosen_tasks`'s tasks (prompts come from `TASKS_OF` where a benchmark borrows them)."""
+    return chosen_tasks(cfg, benchmark, heldout)[0]
 
 
 def requests(tasks: list[Task], cfg: Config) -> list[GenRequest]:
@@ -76,8 +84,9 @@ def samples_from(tasks: list[Task], outputs: list[list[str]], cfg: Config) -> li
 def run_benchmark(
     gen: Generator, cfg: Config, benchmark: str, out: Path, cache_dir: Path, heldout: list[SeedSample] | None = None
 ) -> tuple[list[EvalResult], dict[str, Any]]:
-    """Generate (cached), judge in the sandbox, write samples/results/summary under `out`."""
-    tasks = tasks_for(cfg, benchmark, heldout)
+    """Generate (cached), judge in the sandbox, write samples/results/summary under `out`; the summary's
+    `skipped_tasks` counts the chosen tasks that cannot be judged here (neither generated nor counted)."""
+    tasks, skipped = chosen_tasks(cfg, benchmark, heldout)
     results = gen.generate(requests(tasks, cfg), desc=f"{benchmark}: generating")
     samples = samples_from(tasks, [r.texts for r in results], cfg)
     write_jsonl(out / "samples.jsonl", samples)
@@ -98,13 +107,18 @@ def run_benchmark(
         cache_dir=cache_dir / "benchmarks",
         tasks=judged,
     )
+    summary["skipped_tasks"] = skipped
+    if skipped:
+        summary["skip_reason"] = SKIP_REASON
     write_results(out, rows, summary)
     return rows, summary
 
 
 def headline(benchmark: str, rows: list[EvalResult], n_tasks: int) -> dict[str, float]:
     """Greedy pass@1 of the benchmark's headline split (plus for EvalPlus) over all chosen tasks, with a
-    Wilson interval: a task without an answer counts as failed."""
+    Wilson interval: a task without an answer counts as failed. `n_tasks` counts the tasks judged here
+    (`tasks_for`'s: BigCodeBench tasks skipped for missing libraries are not among them)."""
+    one_answer_per_task(rows, benchmark)  # sums verdicts over rows: more than one per task would inflate it
     c = sum(r.passed for r in rows)
     lo, hi = wilson(c, n_tasks)
     return {"pass@1": c / n_tasks if n_tasks else 0.0, "ci_low": lo, "ci_high": hi, "n": n_tasks}

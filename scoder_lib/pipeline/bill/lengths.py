@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scoder_lib.core.config import Config, TrainOptions
 from scoder_lib.core.io import iter_jsonl
-from scoder_lib.evaluation.evaluate import each_assert
+from scoder_lib.evaluation.context import each_assert
 from scoder_lib.llm import student_format
 from scoder_lib.pipeline.bill.constants import CHARS_PER_TOKEN, CHAT_OVERHEAD_TOKENS, PROSE_CHARS_PER_TOKEN
 

@@ -141,7 +141,11 @@ def _run(req: dict[str, Any], job_dir: str) -> tuple[str, str, Any]:
         for seg in req["segments"]:
             name, src = seg["name"], seg["code"]
             linecache.cache[name] = (len(src), None, src.splitlines(True), name)
-            code = compare.guard_asserts(src, name) if seg.get("guard") else compile(src, name, "exec")
+            # dont_inherit: the program runs with its own __future__ flags, not this module's
+            # `annotations` (else `def f(x: List[int])` without importing List would pass).
+            code = (
+                compare.guard_asserts(src, name) if seg.get("guard") else compile(src, name, "exec", dont_inherit=True)
+            )
             if seg.get("guard"):
                 g.update(compare.GUARD_NAMES)
             exec(code, g)

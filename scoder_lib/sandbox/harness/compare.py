@@ -203,7 +203,8 @@ def _transparent(func: ast.expr) -> bool:
 def guard_asserts(source: str, filename: str) -> types.CodeType:
     """Compile test code with every assert's operands checked against forged values."""
     tree = _AssertRewriter().visit(ast.parse(source, filename))
-    return compile(ast.fix_missing_locations(tree), filename, "exec")
+    # dont_inherit: test code must not get this module's `from __future__ import annotations`.
+    return compile(ast.fix_missing_locations(tree), filename, "exec", dont_inherit=True)
 
 
 # ----------------------------------------------------------------------------- EvalPlus rules

@@ -126,7 +126,7 @@ def _normalize_lines(text: str) -> list[str]:
 
 def lcb_stdio(g: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     """LiveCodeBench stdin/stdout tests: rerun the compiled program per test, compare stripped lines."""
-    code = compile(p["program"], "<solution>", "exec")
+    code = compile(p["program"], "<solution>", "exec", dont_inherit=True)  # not this module's __future__ flags
     for i, case in enumerate(p["tests"]):
         # Text wrappers over bytes, so that sys.stdin.buffer / sys.stdout.buffer work too.
         out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
