@@ -58,9 +58,9 @@ def test_one_checkpoint_times_eight_samples_generates_what_four_times_two_does()
     assert a.sequences == b.sequences == 20000 * 8
     assert a.generated_tokens == pytest.approx(b.generated_tokens)
     assert (a.prompts, b.prompts) == (4 * 20000, 20000)  # one request per snippet and checkpoint
-    # ... but influence runs at one checkpoint instead of four
+    # ... and influence still sums over all four checkpoints: the ablation changes sampling only
     ga, gb = item(paper, "04_influence@1", "influence:"), item(m1, "04_influence@1", "influence:")
-    assert ga.grad_passes == 4 * gb.grad_passes
+    assert ga.grad_passes == gb.grad_passes and "x 4 ckpts" in gb.item
 
 
 def test_a_synthesizer_with_one_checkpoint_is_sampled_once(tmp_path):
@@ -90,7 +90,13 @@ def test_a_synthesizer_with_one_checkpoint_is_sampled_once(tmp_path):
 
 def test_weight_fit_is_billed_once_and_not_without_scoring(tmp_path):
     fitted = bill_of(tmp_path, "tiny", {}, "fit")
-    assert [w.stage for w in fitted.works if w.item.startswith("weight fit: base")] == ["03_sample_score@1"]
+    # the teacher's samples are rated once (cached after); the fit against the candidates runs every iteration
+    assert [w.stage for w in fitted.works if w.item.startswith("weight fit: rate")] == ["03_sample_score@1"]
+    assert [w.stage for w in fitted.works if w.item.startswith("weight fit:") and w.kind == "host"] == [
+        "03_sample_score@1",
+        "03_sample_score@2",
+    ]
+    assert not [w for w in fitted.works if "base synthesizer" in w.item and w.stage.startswith("03")]
     none = bill_of(tmp_path, "tiny", {"iterate": {"weights": {"mode": "none"}}}, "none")
     assert not [w for w in none.works if w.kind == "rate"]
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
-from scoder_lib.core.config import REPO_ROOT, ModelSpec
-from scoder_lib.core.io import write_jsonl
+from scoder_lib.core.config import REPO_ROOT, ModelSpec, TrainOptions
+from scoder_lib.core.io import write_json, write_jsonl
 from scoder_lib.core.params import load_config
 from scoder_lib.core.records import Candidate
-from scoder_lib.core.run import Run
+from scoder_lib.core.run import Run, StageRef
 from scoder_lib.data.pool import allocate, snippet_key
 from scoder_lib.method import candidates, lineage, scoring, seed, selection, weights
 from scoder_lib.method.rating import make_rater
+from scoder_lib.method.train import IGNORE, encode
 
 POOL = [{"id": str(i), "text": f"def f{i}(x):\n    return x + {i}\n"} for i in range(40)]
 
@@ -204,3 +206,123 @@ def test_real_scorer_prefers_a_good_candidate(cache_dir):
     r = scoring.rate(rater, [snippet] * 4, [good, broken, good2, broken2], aspects)
     means = r.expected.mean(1)
     assert means[0] > means[1] and means[2] > means[3], r.expected
+
+
+# ----------------------------------------------------------------------------- stage 04's inputs and pools
+def _stage_run(tmp_path, monkeypatch, cfg, cache_dir, checkpoints: list[str]) -> Run:
+    """A run whose 02 synthesizer has `checkpoints` and whose 03 (iteration 1) has finished, empty."""
+    monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path))
+    run = Run("r", "smoke", cfg.model_copy(update={"cache_dir": str(cache_dir)}))
+    seed_dir, s03 = run.stage_dir("02_seed"), run.stage_dir("03_sample_score", 1)
+    seed_dir.mkdir(parents=True)
+    s03.mkdir(parents=True)
+    write_json(seed_dir / lineage.SYNTH, lineage.Synthesizer(checkpoints, checkpoints[-1], 3, "enhanced").to_json())
+    write_json(run.marker(StageRef("03_sample_score", 1)), {})
+    for name in ("selected.jsonl", "candidates.jsonl"):
+        write_jsonl(s03 / name, [])
+    return run
+
+
+def test_influence_uses_every_checkpoint_when_sampling_uses_one(tmp_path, monkeypatch, smoke_cfg, cache_dir):
+    """The M=1 ablation removes multi-checkpoint sampling only: LESS still sums over all checkpoints."""
+    ckpts = ["/c/ckpt-1", "/c/ckpt-2", "/c/ckpt-3"]
+    run = _stage_run(tmp_path, monkeypatch, _with_iterate(smoke_cfg, checkpoints=1), cache_dir, ckpts)
+    inputs = lineage.influence_inputs(run, 1)
+    assert [str(p) for p in inputs.checkpoints] == ckpts
+    assert lineage.synthesizer_before(run, 1).sampling_checkpoints(run.cfg.iterate.checkpoints) == ckpts[-1:]
+
+
+def _sized_cands(tok, version: str) -> tuple[list[Candidate], int]:
+    """Candidates of known fit at the returned max_seq_len: one that fits whole, one whose response runs
+    past it, one whose prompt alone does, and an ineligible one (only the control's pool reads those)."""
+    short = "def f(x):\n    return x\n"
+
+    def cand(cid: str, snippet: str, raw: str, eligible: bool = True) -> Candidate:
+        return Candidate(
+            "p", "s", "t", "f", 1, "passed", raw=raw, cand_id=cid, snippet_key=cid, snippet=snippet, eligible=eligible
+        )
+
+    fits = cand("fits", short, "[Problem]\nok")
+    prompt = encode(tok, lineage.candidate_example(fits, version), 10**6)["labels"].count(IGNORE)
+    cands = [
+        fits,
+        cand("long_response", short, "word " * 200),
+        cand("long_prompt", short + "x = 1\n" * 200, "[Problem]\nok"),
+        cand("ineligible", short, "[Problem]\nok", eligible=False),
+    ]
+    return cands, prompt + 40
+
+
+def test_too_long_candidates_leave_both_pools(tmp_path, monkeypatch, smoke_cfg, cache_dir, micro_ref):
+    """What training would not use whole is neither ranked by influence nor drawn by the control."""
+    tok = AutoTokenizer.from_pretrained(micro_ref.path)
+    version = smoke_cfg.seed_stage.prompt_version
+    cands, max_len = _sized_cands(tok, version)
+    ids = lambda cs: [c.cand_id for c in cs]  # noqa: E731
+    drop = TrainOptions(max_seq_len=max_len, long_examples="drop")
+    truncate = drop.model_copy(update={"long_examples": "truncate"})
+    pool = lineage.trainable(cands[:3], tok, version, drop)
+    assert ids(pool.fit) == ["fits"] and ids(pool.too_long) == ["long_response", "long_prompt"]
+    pool = lineage.trainable(cands[:3], tok, version, truncate)  # a cut response still trains; a cut prompt not
+    assert ids(pool.fit) == ["fits", "long_response"] and ids(pool.too_long) == ["long_prompt"]
+
+    # stage 04 through the run: the method's pool (03's selection) and the control's (03's eligible)
+    train = smoke_cfg.influence.train.model_copy(update={"max_seq_len": max_len, "long_examples": "drop"})
+    inf = smoke_cfg.influence.model_copy(update={"train": train})
+    run = _stage_run(tmp_path, monkeypatch, smoke_cfg.model_copy(update={"influence": inf}), cache_dir, ["/c/1"])
+    s03 = run.stage_dir("03_sample_score", 1)
+    write_jsonl(s03 / "selected.jsonl", [c.to_json() for c in cands[:3]])
+    write_jsonl(s03 / "candidates.jsonl", [c.to_json() for c in cands])
+    method, control = lineage.method_pool(run, 1, tok), lineage.control_pool(run, 1, tok)
+    assert ids(method.fit) == ids(control.fit) == ["fits"]
+    assert ids(method.too_long) == ids(control.too_long) == ["long_response", "long_prompt"]
+    inputs = lineage.influence_inputs(run, 1)
+    assert ids(inputs.candidates) == ["fits"] and len(inputs.candidate_examples) == 1
+    assert ids(selection.random_control(control.fit, 1, seed=0, iteration=1)) == ["fits"]
+
+
+# ----------------------------------------------------------------------------- seeded draws
+def _grid(snippets: int, per: int) -> list[Candidate]:
+    """`per` eligible candidates for each of `snippets` snippets, cand_id "<snippet>-<position>"."""
+    return [
+        Candidate("p", "s", "t", "f", 1, "passed", cand_id=f"k{k}-{j}", snippet_key=f"k{k}", eligible=True, score=1.0)
+        for k in range(snippets)
+        for j in range(per)
+    ]
+
+
+def test_ablation_draws_change_with_the_iteration():
+    """The no-scoring and no-influence ablations draw anew each iteration (as the control does), and
+    the same iteration draws the same."""
+    cands = _grid(20, 4)
+    positions = lambda cs: [c.cand_id.split("-")[1] for c in cs]  # noqa: E731
+    it1 = selection.random_per_snippet(cands, 1.0, seed=0, iteration=1)
+    assert positions(it1) == positions(selection.random_per_snippet(cands, 1.0, seed=0, iteration=1))
+    assert positions(it1) != positions(selection.random_per_snippet(cands, 1.0, seed=0, iteration=2))
+    assert selection.select_per_snippet(cands, 1.0, False, 0, 1) == it1
+    kept = {t: selection.keep(cands, np.zeros(len(cands)), 0.25, "random", seed=0, iteration=t) for t in (1, 2)}
+    assert len(kept[1]) == len(kept[2]) == 20 and kept[1] != kept[2]
+    assert kept[1] == selection.keep(cands, np.zeros(len(cands)), 0.25, "random", seed=0, iteration=1)
+
+
+def test_best_per_snippet_keeps_a_zero_score():
+    """A best score of 0.0 is a score, not "unrated": a later tie or a worse one does not replace it."""
+    cands = [_cand("a", 0.0), _cand("a", -1.0), _cand("b", -2.0), _cand("b", -2.0)]
+    cands[3].cand_id = "b-2.0-later"
+    sel = selection.best_per_snippet(cands, keep_top_fraction=1.0)
+    assert [c.cand_id for c in sel] == ["a0.0", "b-2.0"]
+
+
+def test_random_control_same_count_same_pool_seeded():
+    pool = _grid(6, 3)
+    selected = selection.best_per_snippet(pool, keep_top_fraction=1.0)  # 6, one per snippet
+    kept = selection.keep(selected, np.arange(6.0), 0.5, "influence", seed=0, iteration=1)
+    picked = selection.random_control(pool, len(kept), seed=0, iteration=1)
+    ids = [c.cand_id for c in picked]
+    assert len(picked) == len(kept) == 3 and set(ids) <= {c.cand_id for c in pool}
+    assert len({c.snippet_key for c in picked}) == 3  # one per snippet while snippets last
+    assert picked == selection.random_control(pool, 3, seed=0, iteration=1)  # the same seed, the same draw
+    others = [selection.random_control(pool, 3, seed=s, iteration=t) for s, t in ((1, 1), (0, 2))]
+    assert all(o != picked for o in others)  # another seed or iteration, another draw
+    more = selection.random_control(pool, 10, seed=0, iteration=1)  # beyond one per snippet: no repeats
+    assert len(more) == 10 and len({c.cand_id for c in more}) == 10 and len({c.snippet_key for c in more}) == 6

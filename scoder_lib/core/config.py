@@ -266,8 +266,8 @@ class SeedOptions(Section):
 
 
 class AspectWeights(Section):
-    # fit: learned from teacher vs base samples; fixed: `fixed`; none: no scoring (the ablation: a seeded
-    # random eligible candidate per snippet, then the same keep fraction)
+    # fit: teacher samples vs the iteration's eligible candidates; fixed: `fixed`; none: no scoring (the
+    # ablation: a seeded random eligible candidate per snippet, then the same keep fraction)
     mode: Literal["fit", "fixed", "none"] = "fit"
     fixed: dict[str, float] = {}
     bootstrap: int = 200
@@ -287,7 +287,7 @@ class IterateOptions(Section):
     scorer: ModelSpec | None = None  # None = the base synthesizer
     aspects: list[str] = ["clarity", "consistency", "correctness", "relevance", "difficulty"]
     weights: AspectWeights = AspectWeights()
-    fit_snippets: int = 24  # teacher training samples whose snippets the base synthesizer answers for the fit
+    fit_snippets: int = 24  # teacher training samples rated as the weight fit's positives (a seeded draw)
     # Candidates must reach this verdict to be kept: passed (solution passes its own tests),
     # parsed (sections found), any (smoke profile: random-init models never parse).
     min_status: Literal["passed", "parsed", "any"] = "passed"

@@ -6,6 +6,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import transformers
+from transformers import PreTrainedTokenizerBase
+
+from scoder_lib.core.config import TrainOptions
 from scoder_lib.core.io import read_json, read_jsonl, write_json
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.records import Candidate, Record, read_records
@@ -14,7 +18,7 @@ from scoder_lib.llm.models import prepare
 from scoder_lib.method import teacher
 from scoder_lib.method.seed import to_example
 from scoder_lib.method.synthesis import messages
-from scoder_lib.method.train import Example, TrainResult, sft
+from scoder_lib.method.train import Example, TrainResult, encode, sft
 
 SYNTH = "synthesizer.json"
 USED = "snippets_used.jsonl"
@@ -90,19 +94,72 @@ def candidate_example(c: Candidate, version: str) -> Example:
     return Example.of(messages(c.snippet, version), c.raw)
 
 
+class Pool(NamedTuple):
+    fit: list[Candidate]  # candidates synthesizer training would use whole
+    too_long: list[Candidate]  # left out: training would drop them (or could not fit even their prompt)
+
+
+def training_tokenizer(run: Run) -> PreTrainedTokenizerBase:
+    """The tokenizer synthesizer training encodes with: the base model's, as `sft` loads it."""
+    return transformers.AutoTokenizer.from_pretrained(prepare(run.cfg.synthesizer, run.cache_dir).path)
+
+
+def fits_training(tok: PreTrainedTokenizerBase, examples: list[Example], opts: TrainOptions) -> list[bool]:
+    """Whether training (`opts.max_seq_len` under `opts.long_examples`) uses each example: the same
+    `encode` as `sft`, so what is ranked or drawn here is exactly what trains."""
+    truncate = opts.long_examples == "truncate"
+    return [encode(tok, e, opts.max_seq_len, truncate) is not None for e in examples]
+
+
+def trainable(cands: list[Candidate], tok: PreTrainedTokenizerBase, version: str, opts: TrainOptions) -> Pool:
+    """Split candidates into those training would use and those too long for it.
+
+    Why: a too-long candidate would get influence 0 (no gradient; ranked first when every real score is
+    negative) or be truncated by influence yet dropped by training, so the method and the control would
+    train on different counts. Both arms draw from the `fit` part only.
+    """
+    ok = fits_training(tok, [candidate_example(c, version) for c in cands], opts)
+    pool = Pool([c for c, f in zip(cands, ok) if f], [c for c, f in zip(cands, ok) if not f])
+    if pool.too_long:
+        log.warning(
+            "%d of %d candidates too long for training (max_seq_len=%d, long_examples=%s): left out",
+            len(pool.too_long),
+            len(cands),
+            opts.max_seq_len,
+            opts.long_examples,
+        )
+    return pool
+
+
+def method_pool(run: Run, iteration: int, tok: PreTrainedTokenizerBase) -> Pool:
+    """What stage 04 ranks by influence: 03's selection, less what training would not use whole."""
+    cands = read_records(run.upstream("03_sample_score", iteration) / "selected.jsonl", Candidate)
+    return trainable(cands, tok, run.cfg.seed_stage.prompt_version, run.cfg.influence.train)
+
+
+def control_pool(run: Run, iteration: int, tok: PreTrainedTokenizerBase) -> Pool:
+    """What the same-size control draws from: 03's eligible candidates, less what training would not use whole."""
+    cands = read_records(run.upstream("03_sample_score", iteration) / "candidates.jsonl", Candidate)
+    return trainable([c for c in cands if c.eligible], tok, run.cfg.seed_stage.prompt_version, run.cfg.influence.train)
+
+
 class InfluenceInputs(NamedTuple):
-    candidates: list[Candidate]  # what 03 selected
-    checkpoints: list[Path]  # the sampling checkpoints of the synthesizer iteration t starts from
+    candidates: list[Candidate]  # what 03 selected that training would use whole (`method_pool`)
+    checkpoints: list[Path]  # every checkpoint of the synthesizer iteration t starts from
     candidate_examples: list[Example]  # each candidate as the example it would train on
     targets: list[Example]  # every teacher training sample (influence draws its subset)
 
 
-def influence_inputs(run: Run, iteration: int) -> InfluenceInputs:
-    """What stage 04 of iteration t scores (read by the notebook and by the ranking check alike)."""
+def influence_inputs(run: Run, iteration: int, cands: list[Candidate] | None = None) -> InfluenceInputs:
+    """What stage 04 of iteration t scores (read by the notebook and by the ranking check alike);
+    `cands`: the `method_pool(...).fit` already computed (None: computed here)."""
     cfg = run.cfg
     version = cfg.seed_stage.prompt_version
-    cands = read_records(run.upstream("03_sample_score", iteration) / "selected.jsonl", Candidate)
-    ckpts = [Path(p) for p in synthesizer_before(run, iteration).sampling_checkpoints(cfg.iterate.checkpoints)]
+    if cands is None:
+        cands = method_pool(run, iteration, training_tokenizer(run)).fit
+    # LESS sums over every checkpoint of the previous synthesizer: `iterate.checkpoints` (M) limits only
+    # sampling, so the M=1 ablation removes multi-checkpoint sampling and nothing else.
+    ckpts = [Path(p) for p in synthesizer_before(run, iteration).checkpoints]
     return InfluenceInputs(
         cands,
         ckpts,

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
-from scoder_lib.core.config import Config
 from scoder_lib.core.records import Candidate, SeedSample
-from scoder_lib.llm.generator import generator
 from scoder_lib.method import synthesis
 from scoder_lib.method.rating import Rater, RatingPrompt, expected
 
@@ -64,29 +61,13 @@ def rate(rater: Rater, snippets: list[str], texts: list[str], aspects: list[str]
     return Ratings(exp, arg, aspects)
 
 
-def teacher_vs_base(
-    rater: Rater, cfg: Config, rows: list[SeedSample], cache_dir: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """Aspect ratings of the teacher's samples and of the base synthesizer's outputs on the same snippets.
+def rate_teacher(rater: Rater, rows: list[SeedSample], aspects: list[str]) -> np.ndarray:
+    """Aspect ratings of teacher samples, rendered as the synthesizer learns them: the weight fit's positives.
 
-    What the weight fit separates: no human labels, only "superior" (teacher) vs "not yet" (base).
+    The negatives are the iteration's eligible candidates (`method.weights`), already rated.
     """
-    snippets = [r.snippet for r in rows]
-    base = synthesis.synthesize(
-        generator(cfg.synthesizer, cache_dir),
-        snippets,
-        cfg.seed_stage.compare_sampling,
-        version=cfg.seed_stage.prompt_version,
-        execution=cfg.execution,
-        cache_dir=cache_dir,
-        desc="base synthesizer (weight fit)",
-    )
-    aspects = cfg.iterate.aspects
-    teacher = rate(
-        rater, snippets, [synthesis.render(r.problem, r.solution, r.tests) for r in rows], aspects, "rating teacher"
-    )
-    base_r = rate(rater, snippets, [b[0].raw for b in base], aspects, "rating base")
-    return teacher.expected, base_r.expected
+    texts = [synthesis.render(r.problem, r.solution, r.tests) for r in rows]
+    return rate(rater, [r.snippet for r in rows], texts, aspects, "rating teacher").expected
 
 
 def apply_scores(cands: list[Candidate], ratings: Ratings | None, weights: np.ndarray, aspects: list[str]) -> None:

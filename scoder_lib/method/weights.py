@@ -1,10 +1,16 @@
-"""The aspect weights: fitted to separate teacher samples from base-synthesizer samples, or fixed.
+"""The aspect weights: fitted to separate teacher samples from the candidates they will score, or fixed.
 
 Weights are fitted, not hand-set (the paper's rule is not public; this is the project's choice): a
 logistic model p(teacher | x) = sigmoid(b + sum_z beta_z x_z) with beta >= 0 separates the teacher's
-samples from the base synthesizer's on the same snippets; w = beta / sum(beta). Non-negativity keeps
-every aspect a "more is better" criterion; normalisation keeps scores on the 0-9 scale. Aspects whose
-ratings barely vary carry no signal and get weight 0 (standardising them would blow noise up).
+samples (superior) from the iteration's eligible candidates (not yet); w = beta / sum(beta).
+Non-negativity keeps every aspect a "more is better" criterion; normalisation keeps scores on the 0-9
+scale. Aspects whose ratings barely vary carry no signal and get weight 0 (standardising them would
+blow noise up).
+
+Why the candidates and not the base synthesizer's outputs: the weights rank eligible candidates, so
+they are fitted on that population. A small base model's outputs mostly do not parse (tiny: 23 of 24),
+and a fit against them learnt "teacher vs broken output" (all weight on one aspect) instead of what
+separates a good exercise from a parsed but weaker one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from typing import Any
 import numpy as np
 
 from scoder_lib.core.config import AspectWeights
+from scoder_lib.core.logs import get_logger
+
+log = get_logger(__name__)
+
+MIN_PER_CLASS = 5  # below this on either side (teacher, candidates) a fit is noise: equal weights
 
 
 def fit_weights(
@@ -60,7 +71,7 @@ def bootstrap_weights(
 
 
 def separation_auc(scores: np.ndarray, y: np.ndarray) -> float:
-    """Probability that a random teacher sample outscores a random base sample (ties count half)."""
+    """Probability that a random teacher sample outscores a random candidate (ties count half)."""
     pos, neg = scores[y == 1], scores[y == 0]
     if not len(pos) or not len(neg):
         return float("nan")
@@ -94,14 +105,14 @@ def fixed_weights(aspects: list[str], fixed: dict[str, float]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WeightFit:
-    """Aspect weights (summing to 1) with 95% intervals, and how well they separate teacher from base."""
+    """Aspect weights (summing to 1) with 95% intervals, and how well they separate teacher from candidates."""
 
     aspects: list[str]
     weights: np.ndarray
     low: np.ndarray
     high: np.ndarray
     mode: str
-    auc: float  # teacher-vs-base separation by the weighted score, on the samples it was fitted on
+    auc: float  # teacher-vs-candidates separation by the weighted score, on the samples it was fitted on
     auc_cv: float  # the same, out of sample (k-fold)
     auc_equal: float  # the same with equal weights
     dropped: list[str] = field(default_factory=list)  # aspects without signal (weight 0 by rule)
@@ -121,14 +132,30 @@ class WeightFit:
 
 
 def fit_aspect_weights(
-    teacher: np.ndarray, base: np.ndarray, aspects: list[str], opts: AspectWeights, seed: int
+    teacher: np.ndarray, candidates: np.ndarray, aspects: list[str], opts: AspectWeights, seed: int
 ) -> WeightFit:
-    """The weight rule of `iterate.weights`: fitted to separate teacher (1) from base (0) ratings, or fixed."""
-    x = np.vstack([teacher, base])
-    y = np.r_[np.ones(len(teacher)), np.zeros(len(base))]
+    """The weight rule of `iterate.weights`: fitted to separate teacher (1) from candidate (0) ratings, or fixed.
+
+    With fewer than MIN_PER_CLASS samples on either side nothing can be fitted: equal weights, said
+    in the log and in `mode` ("equal: too few samples"), instead of a fit to a handful of points.
+    """
+    x = np.vstack([teacher, candidates])
+    y = np.r_[np.ones(len(teacher)), np.zeros(len(candidates))]
     fit = {"l2": opts.l2, "steps": opts.steps, "min_sd": opts.min_sd}
     dropped = [a for a, sd in zip(aspects, x.std(0)) if sd < opts.min_sd]
-    if opts.mode == "fit":
+    mode = opts.mode
+    if mode == "fit" and min(len(teacher), len(candidates)) < MIN_PER_CLASS:
+        log.warning(
+            "aspect weights: %d teacher samples and %d eligible candidates, fewer than %d on a side: "
+            "equal weights instead of a fit",
+            len(teacher),
+            len(candidates),
+            MIN_PER_CLASS,
+        )
+        mode, dropped = "equal: too few samples", []
+        w = lo = hi = np.full(len(aspects), 1 / len(aspects))
+        auc_cv = separation_auc(x @ w, y)
+    elif mode == "fit":
         w, lo, hi = bootstrap_weights(x, y, opts.bootstrap, seed=seed, **fit)
         auc_cv = cv_auc(x, y, opts.cv_folds, seed=seed, **fit)
     else:
@@ -140,11 +167,11 @@ def fit_aspect_weights(
         w,
         lo,
         hi,
-        opts.mode,
+        mode,
         separation_auc(x @ w, y),
         auc_cv,
         separation_auc(x.mean(1), y),
-        dropped if opts.mode == "fit" else [],
+        dropped if mode == "fit" else [],
     )
 
 

@@ -93,7 +93,8 @@ def checkpoint_features(
     (merge_lora=False: PEFT's own forward, for benchmarks). batched=False computes one sample per
     forward with the model's own loss (LESS's loop, the reference; opts.batch_size then unused).
     With cache_dir, features are read from or written to it, shard by shard. Examples whose prompt
-    alone exceeds max_seq_len get an all-zero row (cosine 0 to everything).
+    alone exceeds max_seq_len get an all-zero row (influence 0, above every negative one): stage 04
+    leaves out what training would not use whole first (`lineage.trainable`).
     """
     if kind not in ("adam", "sgd"):
         raise ValueError(f"kind must be 'adam' or 'sgd', got {kind!r}")

@@ -37,8 +37,8 @@ def sampled_checkpoints(c: Ctx, state: IterState) -> int:
 
 
 def sample_score(c: Ctx, t: int, state: IterState) -> tuple[list[Work], int]:
-    """03@t: K x M x N candidates, their ratings, and the weight fit (first iteration: later ones hit
-    its cache). Returns the work and the number of selected candidates."""
+    """03@t: K x M x N candidates, their ratings, and the weight fit (the teacher's ratings in the first
+    iteration: later ones hit their cache). Returns the work and the number of selected candidates."""
     cfg, it, st = c.cfg, c.cfg.iterate, f"03_sample_score@{t}"
     m, k, n = sampled_checkpoints(c, state), it.snippets_per_iteration, it.samples_per_checkpoint
     gen = c.synthesis(st, f"candidates: {k:,} snippets x {m} checkpoints x {n}", cfg.synthesizer, k * m, it.sampling)
@@ -50,8 +50,8 @@ def sample_score(c: Ctx, t: int, state: IterState) -> tuple[list[Work], int]:
     if it.weights.mode != "none":
         chars = c.synth_tokens(it.sampling.max_new_tokens) * CHARS_PER_TOKEN.value
         out.append(ratings(c, st, "ratings of the eligible candidates", gen.sequences * p, chars))
-        if it.weights.mode == "fit" and t == 1:
-            out += weight_fit(c, st)
+        if it.weights.mode == "fit":
+            out += weight_fit(c, st, t, gen.sequences * p)
     with_any = round(k * (1.0 - (1.0 - p) ** (m * n)))  # snippets with at least one eligible candidate
     return out, top_count(with_any, it.keep_top_fraction)
 
@@ -77,29 +77,27 @@ def ratings(c: Ctx, stage: str, item: str, count: float, sample_chars: float) ->
     )
 
 
-def weight_fit(c: Ctx, stage: str) -> list[Work]:
-    """The base synthesizer answers `fit_snippets` teacher snippets; teacher and base samples are rated."""
+def weight_fit(c: Ctx, stage: str, t: int, eligible: float) -> list[Work]:
+    """Teacher samples (rated in the first iteration, cached after) against the iteration's eligible
+    candidates (rated already): the logistic fits, every iteration."""
     cfg = c.cfg
-    n, sampling = min(cfg.iterate.fit_snippets, c.teacher_train), cfg.seed_stage.compare_sampling
-    gen = c.synthesis(stage, f"weight fit: base synthesizer on {n} snippets", cfg.synthesizer, n, sampling, False)
-    base_chars = c.synth_tokens(sampling.max_new_tokens, trained=False) * CHARS_PER_TOKEN.value
+    n = min(cfg.iterate.fit_snippets, c.teacher_train)
     w = cfg.iterate.weights
     fits = 1 + w.bootstrap + w.cv_folds  # the point estimate, every bootstrap refit, the CV folds
-    step = CPU_FIT_STEP_S.value + CPU_FIT_STEP_ROW_S.value * 2 * n
+    step = CPU_FIT_STEP_S.value + CPU_FIT_STEP_ROW_S.value * (n + eligible)
+    teacher = [ratings(c, stage, "weight fit: rate the teacher's samples", n, c.seed.mean("response_chars"))]
     return [
-        gen,
-        verify(c, stage, "sandbox: weight fit samples", gen.sequences),
-        ratings(c, stage, "weight fit: rate the teacher's samples", n, c.seed.mean("response_chars")),
-        ratings(c, stage, "weight fit: rate the base samples", n, base_chars),
+        *(teacher if t == 1 else []),
         Work(stage, f"weight fit: {fits} logistic fits x {w.steps} steps", "host", host_s=fits * w.steps * step),
     ]
 
 
 def influence(c: Ctx, t: int, state: IterState, selected: int) -> tuple[list[Work], IterState]:
-    """04@t: gradient features of the selected candidates and the teacher targets at M checkpoints; the
-    next synthesizer trained on what `influence.train_data` says; the yardstick; the same-size control."""
+    """04@t: gradient features of the selected candidates and the teacher targets at every checkpoint of
+    synthesizer t-1 (M limits sampling only); the next synthesizer trained on what `influence.train_data`
+    says; the yardstick; the same-size control."""
     inf, st = c.cfg.influence, f"04_influence@{t}"
-    m = sampled_checkpoints(c, state)
+    m = state.checkpoints
     targets = c.teacher_train if inf.max_target_samples is None else min(c.teacher_train, inf.max_target_samples)
     out = [gradients(c, st, t, m, selected, targets)] if inf.select == "influence" and selected else []
     kept = keep_count(selected, inf.keep_fraction)
