@@ -3,6 +3,8 @@ checkpoint samples, an honest weight fit, paired statistics, one student prompt 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,7 @@ from scoder_lib.core.records import Candidate, EvalResult, InstructionSample, Se
 from scoder_lib.core.run import Run
 from scoder_lib.core.stats import mcnemar_p, paired_delta, sign_flip_p
 from scoder_lib.data.benchmarks import Task
+from scoder_lib.evaluation.benchrun import asserts_passed_headline, headline
 from scoder_lib.evaluation.compare import HELDOUT_TESTS, paired_table
 from scoder_lib.evaluation.evaluate import build_prompt, summarize
 from scoder_lib.llm import student_format
@@ -283,6 +286,21 @@ def test_tasks_without_answers_count_as_failures():
     assert summarize("humaneval", rows, (1,), n_tasks=6)["base"]["pass@1"] == pytest.approx(0.5)
 
 
+def test_more_than_one_answer_per_task_is_refused_not_summed():
+    """The headline sums verdicts over rows and the paired tests keep one verdict per task: several
+    samples of a task would inflate the one and silently drop all but the last in the other."""
+    one = EvalResult("t0", "s", False, True, "passed", "", "passed", tests_passed=1, tests_total=1)
+    rows = [one, dataclasses.replace(one, passed=False), EvalResult("t1", "s", False, True, "passed", "", "passed")]
+    for score in (
+        lambda: headline("humaneval", rows, 2),
+        lambda: asserts_passed_headline(rows, ["t0", "t1"]),
+        lambda: paired_table({"base": {"mbpp": rows}, "x": {"mbpp": rows[1:]}}, [("base", "x")], {"mbpp": ["t0"]}, 0),
+    ):
+        with pytest.raises(ValueError, match=r"2 answers for task 't0'.*greedy.*n=1"):
+            score()
+    assert headline("humaneval", rows[1:], 2)["pass@1"] == 0.5
+
+
 # ----------------------------------------------------------------------------- one student format
 def test_students_train_on_the_prompt_they_are_evaluated_with(micro_ref):
     _, tok = load(micro_ref)
@@ -310,8 +328,8 @@ def test_claims_from_stage_metrics_carry_the_yardstick_size():
     """02 writes the yardstick's size as heldout_yardstick, 04 as heldout_n: both reach the claim's n."""
     m2 = {"heldout_yardstick": 80, "x_delta": 0.5, "x_ci_low": 0.4, "x_ci_high": 0.6, "x_p_value": 0.001}
     m4 = {"heldout_n": 80.0, "x_delta": -0.1, "x_ci_low": -0.2, "x_ci_high": -0.01, "x_p_value": 0.08}
-    rows = [claims._row("c", "e", claims._metric_delta(m, "x")) for m in (m2, m4)]
-    assert [r["n"] for r in rows] == [80, 80]
+    rows = [claims._row("c", "e", claims._metric_delta(m, "x", per_snippet=2)) for m in (m2, m4)]
+    assert [r["n"] for r in rows] == ["40 snippets x 2", "40 snippets x 2"]  # snippets are the paired units
     assert [r["verdict"] for r in rows] == ["supported", claims.NOT_RESOLVED]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -96,11 +97,30 @@ def paired_delta(
 
 
 EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences every sign pattern is enumerated
+MAX_DENOMINATOR = 1000  # differences that are fractions with denominators up to this are summed exactly
+MAX_LATTICE_WORK = 50_000_000  # items x support of the exact null distribution: beyond it, Monte Carlo
+
+
+def _on_lattice(d: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Integer magnitudes k and a common denominator q with |d| = k / q, or None when d is not such a lattice.
+
+    Why: a paired difference of pass rates or of per-assert shares is a fraction with a small
+    denominator (a cluster of 2 samples: halves; 3 or 4 asserts: twelfths), so its sign-flip null
+    distribution is a convolution over integers: exact at any size, no Monte Carlo floor or noise near
+    alpha.
+    """
+    fracs = [Fraction(float(x)).limit_denominator(MAX_DENOMINATOR) for x in np.abs(d)]
+    if any(abs(float(f) - abs(x)) > 1e-9 for f, x in zip(fracs, d)):
+        return None
+    q = math.lcm(*(f.denominator for f in fracs))
+    k = np.array([f.numerator * (q // f.denominator) for f in fracs], dtype=np.int64)
+    return (k, q) if q <= MAX_DENOMINATOR and len(k) * (2 * int(k.sum()) + 1) <= MAX_LATTICE_WORK else None
 
 
 def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> float:
     """Two-sided paired permutation p for a summed difference: each item's difference keeps its size and
-    takes either sign. Exact over all patterns up to `EXACT_SIGN_FLIPS` non-zero items, else Monte Carlo
+    takes either sign. Exact whenever the differences lie on a lattice of small fractions (pass rates,
+    per-assert shares: `_on_lattice`) or number at most `EXACT_SIGN_FLIPS`; otherwise Monte Carlo
     ((hits + 1) / (n_perm + 1)). For 0/1 scores it is McNemar's exact test.
     """
     d = np.asarray(diffs, dtype=float)
@@ -111,6 +131,17 @@ def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> f
     if len(d) <= EXACT_SIGN_FLIPS:
         signs = 1.0 - 2.0 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
         return float((np.abs(signs @ d) >= observed - 1e-9).mean())
+    lattice = _on_lattice(d)
+    if lattice is not None:
+        k, _ = lattice
+        total = int(k.sum())
+        dist = np.zeros(2 * total + 1)  # P(sum of signed k = s - total) under the null
+        dist[total] = 1.0
+        for step in k:
+            dist = 0.5 * (np.roll(dist, int(step)) + np.roll(dist, -int(step)))  # support never wraps
+        sums = np.abs(np.arange(-total, total + 1))
+        obs = abs(int(np.sum(np.sign(d) * k)))
+        return float(min(1.0, dist[sums >= obs].sum()))
     signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_perm, len(d)))
     hits = int((np.abs(signs @ d) >= observed - 1e-9).sum())
     return (hits + 1) / (n_perm + 1)

@@ -197,8 +197,8 @@ def summary_html(
     if not claims.empty:
         parts.append(
             "<h3>What this run shows</h3><p>Each claim of the paper this run can test: the measured "
-            "effect, its 95% interval, and a verdict read off the interval.</p>"
-            + claims.to_html(index=False, na_rep="")
+            "effect, its 95% interval, its exact p and that p Holm-adjusted over the claim's rows, and a "
+            "verdict read off the interval and the adjusted p together.</p>" + claims.to_html(index=False, na_rep="")
         )
     if not table.empty:
         wide = (table.pivot(index="model", columns="benchmark", values="pass@1") * 100).round(1)
