@@ -242,6 +242,15 @@ def test_mbpp_assertions_canonical_and_broken(bench_folder: tuple) -> None:
     assert summary["base"]["pass@1"] == 0.0
 
 
+def test_mbpp_asserts_get_the_modules_they_use_without_the_answer(bench_folder: tuple) -> None:
+    # Mbpp/596's asserts call sys.getsizeof: a correct answer that never imports sys must pass
+    folder, fill = bench_folder
+    task = next(t for t in load_tasks("mbpp", folder, fill) if t.task_id == "Mbpp/596")
+    answer = "def tuple_size(t):\n    return __import__('sys').getsizeof(t)\n"
+    rows, _ = evaluate_samples("mbpp", [{"task_id": task.task_id, "solution": answer}], tasks=[task])
+    assert rows[0].passed, rows[0].reason
+
+
 @pytest.mark.parametrize("benchmark", ["humaneval+", "mbpp+"])
 def test_evalplus_first_tasks(
     benchmark: str, bench_folder: tuple, truth_cache: Path, monkeypatch: pytest.MonkeyPatch

