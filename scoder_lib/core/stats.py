@@ -101,8 +101,8 @@ MAX_DENOMINATOR = 1000  # differences that are fractions with denominators up to
 MAX_LATTICE_WORK = 50_000_000  # items x support of the exact null distribution: beyond it, Monte Carlo
 
 
-def _on_lattice(d: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """Integer magnitudes k and a common denominator q with |d| = k / q, or None when d is not such a lattice.
+def _on_lattice(d: np.ndarray) -> np.ndarray | None:
+    """Integer magnitudes k with |d| = k / q for a common denominator q, or None when d is not such a lattice.
 
     Why: a paired difference of pass rates or of per-assert shares is a fraction with a small
     denominator (a cluster of 2 samples: halves; 3 or 4 asserts: twelfths), so its sign-flip null
@@ -114,7 +114,7 @@ def _on_lattice(d: np.ndarray) -> tuple[np.ndarray, int] | None:
         return None
     q = math.lcm(*(f.denominator for f in fracs))
     k = np.array([f.numerator * (q // f.denominator) for f in fracs], dtype=np.int64)
-    return (k, q) if q <= MAX_DENOMINATOR and len(k) * (2 * int(k.sum()) + 1) <= MAX_LATTICE_WORK else None
+    return k if q <= MAX_DENOMINATOR and len(k) * (2 * int(k.sum()) + 1) <= MAX_LATTICE_WORK else None
 
 
 def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> float:
@@ -131,9 +131,8 @@ def sign_flip_p(diffs: Sequence[float], n_perm: int = 20000, seed: int = 0) -> f
     if len(d) <= EXACT_SIGN_FLIPS:
         signs = 1.0 - 2.0 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
         return float((np.abs(signs @ d) >= observed - 1e-9).mean())
-    lattice = _on_lattice(d)
-    if lattice is not None:
-        k, _ = lattice
+    k = _on_lattice(d)
+    if k is not None:
         total = int(k.sum())
         dist = np.zeros(2 * total + 1)  # P(sum of signed k = s - total) under the null
         dist[total] = 1.0

@@ -171,25 +171,35 @@ def _is_import(node: ast.stmt) -> bool:
     )
 
 
+def _definitions(tree: ast.Module) -> dict[str, ast.stmt]:
+    """Each top-level name and the statement that defines it; the last definition wins, as when the code runs."""
+    return {name: node for node in tree.body for name in _defined_names(node)}
+
+
+def _reachable(defs: dict[str, ast.stmt], roots: Iterable[str], skip: Iterable[str] = ()) -> set[str]:
+    """The names among `defs` that `roots` reach through the names their definitions mention (`skip` never)."""
+    keep: set[str] = set()
+    skip = set(skip)
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in defs or name in skip:
+            continue
+        keep.add(name)
+        todo.extend(_names(defs[name]))
+    return keep
+
+
 def _trim(code: str, entry_point: str | None, keep_names: set[str]) -> str:
     """Imports, then the definitions reachable from the entry point (all of them if there is none)."""
     try:
         tree = _parse(code)
     except (SyntaxError, ValueError):
         return code
-    defs: dict[str, ast.stmt] = {}
-    for node in tree.body:
-        for name in _defined_names(node):
-            defs[name] = node  # the last definition wins, as when the code runs
+    defs = _definitions(tree)
     keep = set(defs)
     if entry_point and entry_point in defs:
-        keep, todo = set(), [entry_point, *keep_names]
-        while todo:
-            name = todo.pop()
-            if name in keep or name not in defs:
-                continue
-            keep.add(name)
-            todo.extend(_names(defs[name]))
+        keep = _reachable(defs, [entry_point, *keep_names])
     lines = code.splitlines()
     kept = [
         n for n in tree.body if _is_import(n) or any(name in keep and defs[name] is n for name in _defined_names(n))
@@ -205,15 +215,8 @@ def definitions_of(code: str, names: Iterable[str], *, exclude: Iterable[str] = 
         tree = _parse(code)
     except (SyntaxError, ValueError):
         return ""
-    defs = {name: node for node in tree.body for name in _defined_names(node)}
-    skip = set(exclude)
-    keep, todo = set(), [n for n in names if n not in skip]
-    while todo:
-        name = todo.pop()
-        if name in keep or name not in defs or name in skip:
-            continue
-        keep.add(name)
-        todo.extend(_names(defs[name]))
+    defs = _definitions(tree)
+    keep = _reachable(defs, names, skip=exclude)
     if not keep:
         return ""
     used = set().union(*(_names(defs[name]) for name in keep))

@@ -159,8 +159,8 @@ def response_tokens(tokenizer: Any, rows: list[SeedSample]) -> list[int]:
 
 
 def sampling_limits(cfg: Config) -> dict[str, int]:
-    """`max_new_tokens` wherever a synthesizer writes: the yardstick (also the weight fit's base
-    samples), each iteration's candidates, the final synthesis."""
+    """`max_new_tokens` wherever a synthesizer writes: the yardstick, each iteration's candidates, the
+    final synthesis."""
     return {
         "yardstick": cfg.seed_stage.compare_sampling.max_new_tokens,
         "iterations": cfg.iterate.sampling.max_new_tokens,

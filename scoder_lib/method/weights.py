@@ -152,14 +152,13 @@ def fit_aspect_weights(
             len(candidates),
             MIN_PER_CLASS,
         )
-        mode, dropped = "equal: too few samples", []
-        w = lo = hi = np.full(len(aspects), 1 / len(aspects))
-        auc_cv = separation_auc(x @ w, y)
+        mode, w = "equal: too few samples", np.full(len(aspects), 1 / len(aspects))
     elif mode == "fit":
         w, lo, hi = bootstrap_weights(x, y, opts.bootstrap, seed=seed, **fit)
         auc_cv = cv_auc(x, y, opts.cv_folds, seed=seed, **fit)
     else:
         w = fixed_weights(aspects, opts.fixed)
+    if mode != "fit":
         lo = hi = w
         auc_cv = separation_auc(x @ w, y)  # nothing fitted: in-sample is out-of-sample
     return WeightFit(
