@@ -273,9 +273,9 @@ class AspectWeights(Section):
     bootstrap: int = 200
     l2: float = 1.0
     steps: int = 3000  # gradient steps of each fit (the point estimate and every bootstrap refit)
-    # Aspects whose ratings vary less than this (standard deviation, 0-9 scale) carry no signal: weight 0.
-    min_sd: float = 0.05
+    min_sd: float = 0.05  # aspects whose ratings vary less (sd, 0-9 scale) carry no signal: weight 0
     cv_folds: int = 5  # the out-of-sample AUC beside the in-sample one
+    cv_guard: bool = True  # use the fit only if its out-of-sample AUC beats equal weights'; else equal weights
 
 
 class IterateOptions(Section):

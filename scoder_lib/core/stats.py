@@ -13,7 +13,39 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score 95% interval for a binomial rate (sane at 0 and n, unlike the normal interval)."""
     if n == 0:
         return (0.0, 1.0)
-    p = successes / n
+    return _wilson_rate(successes / n, n, z)
+
+
+def cluster_wilson(hits: Sequence[bool], clusters: Sequence[str], z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval for a rate whose items come in correlated clusters (a snippet's samples).
+
+    Why: two samples of one snippet are not two independent witnesses; treating them as such narrows
+    the interval. The cluster-robust (ratio-estimator) variance of the rate gives a design effect
+    deff = var_cluster / var_binomial, floored at 1 so clustering never narrows the interval; Wilson is
+    then taken at the effective size n / deff (Korn and Graubard's effective-sample-size interval). At a
+    rate of 0 or 1 nothing is known of the correlation: deff 1, plain Wilson.
+    """
+    y = np.asarray(hits, dtype=float)
+    n = len(y)
+    if len(clusters) != n:
+        raise ValueError(f"cluster_wilson: {len(clusters)} cluster keys for {n} items")
+    if n == 0:
+        return (0.0, 1.0)
+    p = float(y.mean())
+    keys = list(dict.fromkeys(clusters))
+    if p in (0.0, 1.0) or len(keys) < 2:
+        return wilson(int(y.sum()), n, z)
+    index = {k: i for i, k in enumerate(keys)}
+    of = np.array([index[c] for c in clusters])
+    total, size = np.bincount(of, y, len(keys)), np.bincount(of, None, len(keys))
+    c = len(keys)
+    var_cluster = c / (c - 1) * float(((total - p * size) ** 2).sum()) / n**2
+    deff = max(1.0, var_cluster / (p * (1 - p) / n))
+    n_eff = n / deff
+    return _wilson_rate(p, n_eff, z)
+
+
+def _wilson_rate(p: float, n: float, z: float) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom

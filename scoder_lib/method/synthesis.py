@@ -16,7 +16,7 @@ from scoder_lib.core.config import ExecutionOptions, Sampling
 from scoder_lib.core.hashing import fingerprint
 from scoder_lib.core.io import JsonlStore
 from scoder_lib.core.records import STATUSES, Sample
-from scoder_lib.core.stats import distinct_n, wilson
+from scoder_lib.core.stats import cluster_wilson, distinct_n, wilson
 from scoder_lib.llm.base import GenRequest
 from scoder_lib.llm.generator import Generator
 from scoder_lib.sandbox.execution import harness_fingerprint, run_many
@@ -199,13 +199,21 @@ def _mean(xs: list[int] | list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def summarize(samples: list[Sample]) -> dict[str, float]:
-    """Valid and parsed rates with Wilson 95% intervals (valid: the solution passes its own tests), and shape."""
+def summarize(samples: list[Sample], clusters: list[str] | None = None) -> dict[str, float]:
+    """Valid and parsed rates with Wilson 95% intervals (valid: the solution passes its own tests), and shape.
+
+    `clusters` (one key per sample, e.g. its snippet) widens the intervals for samples that share a
+    snippet (`stats.cluster_wilson`); without it every sample counts as independent.
+    """
     n = len(samples)
     passed = sum(s.status == "passed" for s in samples)
     parsed = [s for s in samples if s.status in ("failed", "passed")]
-    lo, hi = wilson(passed, n)
-    plo, phi = wilson(len(parsed), n)
+    if clusters is None:
+        lo, hi = wilson(passed, n)
+        plo, phi = wilson(len(parsed), n)
+    else:
+        lo, hi = cluster_wilson([s.status == "passed" for s in samples], clusters)
+        plo, phi = cluster_wilson([s.status in ("failed", "passed") for s in samples], clusters)
     return {
         "n": n,
         "valid_rate": passed / n if n else 0.0,

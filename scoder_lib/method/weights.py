@@ -26,6 +26,8 @@ from scoder_lib.core.logs import get_logger
 log = get_logger(__name__)
 
 MIN_PER_CLASS = 5  # below this on either side (teacher, candidates) a fit is noise: equal weights
+TOO_FEW = "equal: too few samples"  # the modes in which "fit" ends with equal weights
+NO_GAIN = "equal: fit no better out of sample"
 
 
 def fit_weights(
@@ -108,14 +110,15 @@ class WeightFit:
     """Aspect weights (summing to 1) with 95% intervals, and how well they separate teacher from candidates."""
 
     aspects: list[str]
-    weights: np.ndarray
-    low: np.ndarray
+    weights: np.ndarray  # the weights the scores use
+    low: np.ndarray  # 95% bootstrap interval of the fit (`fitted`)
     high: np.ndarray
     mode: str
-    auc: float  # teacher-vs-candidates separation by the weighted score, on the samples it was fitted on
-    auc_cv: float  # the same, out of sample (k-fold)
-    auc_equal: float  # the same with equal weights
+    auc: float  # teacher-vs-candidates separation by `weights`, on the samples the fit saw
+    auc_cv: float  # the fit's separation out of sample (k-fold)
+    auc_equal: float  # the separation by equal weights
     dropped: list[str] = field(default_factory=list)  # aspects without signal (weight 0 by rule)
+    fitted: np.ndarray | None = None  # the fit's point estimate (low/high are its intervals), used or not
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +131,7 @@ class WeightFit:
             "auc_cv": self.auc_cv,
             "auc_equal": self.auc_equal,
             "dropped": self.dropped,
+            "fitted": None if self.fitted is None else self.fitted.tolist(),
         }
 
 
@@ -137,14 +141,23 @@ def fit_aspect_weights(
     """The weight rule of `iterate.weights`: fitted to separate teacher (1) from candidate (0) ratings, or fixed.
 
     With fewer than MIN_PER_CLASS samples on either side nothing can be fitted: equal weights, said
-    in the log and in `mode` ("equal: too few samples"), instead of a fit to a handful of points.
+    in the log and in `mode` (TOO_FEW), instead of a fit to a handful of points. With `opts.cv_guard`,
+    a fit whose out-of-sample AUC does not beat equal weights' AUC is not used either (mode NO_GAIN):
+    its weights would rank candidates by noise (a 135M scorer's ratings, tiny: 0.51 out of sample
+    against 0.55 for equal weights). The fit, its intervals and its out-of-sample AUC stay in the
+    result (`fitted`, `low`, `high`, `auc_cv`) for the report.
     """
     x = np.vstack([teacher, candidates])
     y = np.r_[np.ones(len(teacher)), np.zeros(len(candidates))]
-    fit = {"l2": opts.l2, "steps": opts.steps, "min_sd": opts.min_sd}
-    dropped = [a for a, sd in zip(aspects, x.std(0)) if sd < opts.min_sd]
-    mode = opts.mode
-    if mode == "fit" and min(len(teacher), len(candidates)) < MIN_PER_CLASS:
+    equal = np.full(len(aspects), 1 / len(aspects))
+    auc_equal = separation_auc(x @ equal, y)
+    if opts.mode == "none":
+        return equal_weights(aspects)
+    if opts.mode == "fixed":
+        w = fixed_weights(aspects, opts.fixed)
+        auc = separation_auc(x @ w, y)  # nothing fitted: in-sample is out-of-sample
+        return WeightFit(aspects, w, w, w, "fixed", auc, auc, auc_equal, fitted=w)
+    if min(len(teacher), len(candidates)) < MIN_PER_CLASS:
         log.warning(
             "aspect weights: %d teacher samples and %d eligible candidates, fewer than %d on a side: "
             "equal weights instead of a fit",
@@ -152,26 +165,21 @@ def fit_aspect_weights(
             len(candidates),
             MIN_PER_CLASS,
         )
-        mode, w = "equal: too few samples", np.full(len(aspects), 1 / len(aspects))
-    elif mode == "fit":
-        w, lo, hi = bootstrap_weights(x, y, opts.bootstrap, seed=seed, **fit)
-        auc_cv = cv_auc(x, y, opts.cv_folds, seed=seed, **fit)
-    else:
-        w = fixed_weights(aspects, opts.fixed)
-    if mode != "fit":
-        lo = hi = w
-        auc_cv = separation_auc(x @ w, y)  # nothing fitted: in-sample is out-of-sample
-    return WeightFit(
-        aspects,
-        w,
-        lo,
-        hi,
-        mode,
-        separation_auc(x @ w, y),
-        auc_cv,
-        separation_auc(x.mean(1), y),
-        dropped if mode == "fit" else [],
-    )
+        return WeightFit(aspects, equal, equal, equal, TOO_FEW, auc_equal, auc_equal, auc_equal, fitted=equal)
+    fit = {"l2": opts.l2, "steps": opts.steps, "min_sd": opts.min_sd}
+    fitted, lo, hi = bootstrap_weights(x, y, opts.bootstrap, seed=seed, **fit)
+    auc_cv = cv_auc(x, y, opts.cv_folds, seed=seed, **fit)
+    dropped = [a for a, sd in zip(aspects, x.std(0)) if sd < opts.min_sd]
+    w, mode = fitted, "fit"
+    if opts.cv_guard and not auc_cv > auc_equal:  # nan (a fold without a class) counts as no gain
+        log.warning(
+            "aspect weights: out of sample the fit separates teacher samples from candidates no better than "
+            "equal weights (AUC %.3f vs %.3f): equal weights instead",
+            auc_cv,
+            auc_equal,
+        )
+        w, mode = equal, NO_GAIN
+    return WeightFit(aspects, w, lo, hi, mode, separation_auc(x @ w, y), auc_cv, auc_equal, dropped, fitted)
 
 
 def equal_weights(aspects: list[str]) -> WeightFit:

@@ -14,8 +14,8 @@ from scoder_lib.core.records import HeldoutSample, SeedSample, read_records, wri
 from scoder_lib.core.run import Run
 from scoder_lib.core.stats import paired_delta
 from scoder_lib.llm.generator import generator
+from scoder_lib.method import synthesis
 from scoder_lib.method.seed import SeedSet
-from scoder_lib.method.synthesis import synthesize
 
 
 def heldout_rows(cfg: Config, seeds: SeedSet) -> list[SeedSample]:
@@ -29,7 +29,7 @@ def measure(
     """One synthesizer on the yardstick (`compare_sampling.n` samples per snippet), written to `out`."""
     rows = heldout_rows(cfg, seeds)
     gen = generator(cfg.synthesizer, cache_dir, model_path=model_path)
-    outs = synthesize(
+    outs = synthesis.synthesize(
         gen,
         [r.snippet for r in rows],
         cfg.seed_stage.compare_sampling,
@@ -54,6 +54,11 @@ def previous_file(run: Run, iteration: int) -> Path:
 
 def load(path: Path) -> list[HeldoutSample]:
     return read_records(path, HeldoutSample)
+
+
+def summarize(samples: list[HeldoutSample]) -> dict[str, float]:
+    """A synthesizer's yardstick rates, the intervals clustered by snippet (its samples move together)."""
+    return synthesis.summarize(samples, clusters=[s.seed_id for s in samples])
 
 
 def compare(a: list[HeldoutSample], b: list[HeldoutSample], what: str = "valid", seed: int = 0) -> dict[str, float]:

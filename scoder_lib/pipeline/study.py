@@ -101,9 +101,11 @@ def _heldout(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
 
 def iteration_curves(run: Run) -> pd.DataFrame:
     """Per synthesizer (-1 = base, 0 = enhanced, t = after iteration t): held-out rates with intervals,
-    scores, influence, and what each iteration kept."""
+    scores, the aspect weights' separation and whether the fit was used, influence, and what each
+    iteration kept."""
     m2 = run.metrics("02_seed")
     rows = [{"synthesizer": -1, **_heldout("base_", m2)}, {"synthesizer": 0, **_heldout("enhanced_", m2)}]
+    modes: list[str | None] = [None, None]
     for t in range(1, run.cfg.iterate.iterations + 1):
         m3, m4 = run.metrics("03_sample_score", t), run.metrics("04_influence", t)
         rows.append(
@@ -116,6 +118,8 @@ def iteration_curves(run: Run) -> pd.DataFrame:
                 "kept": m4.get("kept"),
                 "candidate_valid_rate": m3.get("valid_rate"),
                 "mean_score_eligible": m3.get("mean_score_eligible"),
+                "weights_auc_cv": m3.get("weights_auc_cv"),
+                "equal_weights_auc": m3.get("equal_weights_auc"),
                 **{f"mean_{a}": m3.get(f"mean_{a}") for a in run.cfg.iterate.aspects},
                 "influence_mean": m4.get("influence_mean"),
                 "influence_std": m4.get("influence_std"),
@@ -124,8 +128,9 @@ def iteration_curves(run: Run) -> pd.DataFrame:
                 "delta_parsed": m4.get("vs_previous_parsed_delta"),
             }
         )
-    df = pd.DataFrame(rows).set_index("synthesizer")
-    return df.apply(pd.to_numeric, errors="coerce")
+        modes.append(m3.get("weights_mode"))
+    df = pd.DataFrame(rows).set_index("synthesizer").apply(pd.to_numeric, errors="coerce")
+    return df.assign(aspect_weights=modes)  # "fit", or why equal weights were used instead
 
 
 def readable(curves: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
