@@ -21,7 +21,7 @@ import torch
 import transformers
 from peft import PeftModel
 
-from scoder_lib.core.config import REPO_ROOT, ConfigError, ModelSpec
+from scoder_lib.core.config import REPO_ROOT, Config, ConfigError, ModelSpec
 from scoder_lib.core.hashing import fingerprint, sha256_file
 from scoder_lib.core.io import atomic_dir, write_json
 from scoder_lib.core.logs import get_logger, setup_logging
@@ -190,6 +190,12 @@ def prepare(spec: ModelSpec, cache_dir: Path) -> ModelRef:
 
 
 _LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def synthesizer_tokenizer(cfg: Config) -> Any:
+    """The synthesizer's tokenizer, as its training (`sft`) loads it: what training lengths and token
+    counts are measured in."""
+    return transformers.AutoTokenizer.from_pretrained(prepare(cfg.synthesizer, cfg.resolve(cfg.cache_dir)).path)
 
 
 def load(ref: ModelRef, dtype: str = "float32", device: str | None = None) -> tuple[Any, Any]:

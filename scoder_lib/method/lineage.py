@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-import transformers
 from transformers import PreTrainedTokenizerBase
 
 from scoder_lib.core.config import TrainOptions
@@ -14,7 +13,7 @@ from scoder_lib.core.io import read_json, read_jsonl, write_json
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.records import Candidate, Record, read_records
 from scoder_lib.core.run import Run
-from scoder_lib.llm.models import prepare
+from scoder_lib.llm.models import prepare, synthesizer_tokenizer
 from scoder_lib.method import teacher
 from scoder_lib.method.seed import to_example
 from scoder_lib.method.synthesis import messages
@@ -99,11 +98,6 @@ class Pool(NamedTuple):
     too_long: list[Candidate]  # left out: training would drop them (or could not fit even their prompt)
 
 
-def training_tokenizer(run: Run) -> PreTrainedTokenizerBase:
-    """The tokenizer synthesizer training encodes with: the base model's, as `sft` loads it."""
-    return transformers.AutoTokenizer.from_pretrained(prepare(run.cfg.synthesizer, run.cache_dir).path)
-
-
 def fits_training(tok: PreTrainedTokenizerBase, examples: list[Example], opts: TrainOptions) -> list[bool]:
     """Whether training (`opts.max_seq_len` under `opts.long_examples`) uses each example: the same
     `encode` as `sft`, so what is ranked or drawn here is exactly what trains."""
@@ -156,7 +150,7 @@ def influence_inputs(run: Run, iteration: int, cands: list[Candidate] | None = N
     cfg = run.cfg
     version = cfg.seed_stage.prompt_version
     if cands is None:
-        cands = method_pool(run, iteration, training_tokenizer(run)).fit
+        cands = method_pool(run, iteration, synthesizer_tokenizer(run.cfg)).fit
     # LESS sums over every checkpoint of the previous synthesizer: `iterate.checkpoints` (M) limits only
     # sampling, so the M=1 ablation removes multi-checkpoint sampling and nothing else.
     ckpts = [Path(p) for p in synthesizer_before(run, iteration).checkpoints]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoTokenizer
-
 from scoder_lib.core.config import Config
 from scoder_lib.core.records import SeedSample
 from scoder_lib.core.run import Run
-from scoder_lib.llm.models import prepare
+from scoder_lib.llm.models import synthesizer_tokenizer
 from scoder_lib.method import seed, teacher
 from scoder_lib.method.synthesis import messages
 
@@ -22,7 +20,7 @@ def teacher_tokens(cfg: Config, rows: list[SeedSample]) -> tuple[int, int]:
     Why a proxy tokenizer: the committed seed set records no API usage; counts from another BPE differ
     by ~10-20%.
     """
-    tok = AutoTokenizer.from_pretrained(prepare(cfg.synthesizer, cfg.resolve(cfg.cache_dir)).path)
+    tok = synthesizer_tokenizer(cfg)
     prompt = completion = 0
     for r in rows:
         prompt += sum(len(tok(m["content"])["input_ids"]) for m in messages(r.snippet, r.prompt_version))
