@@ -105,7 +105,7 @@ def iteration_curves(run: Run) -> pd.DataFrame:
     iteration kept."""
     m2 = run.metrics("02_seed")
     rows = [{"synthesizer": -1, **_heldout("base_", m2)}, {"synthesizer": 0, **_heldout("enhanced_", m2)}]
-    modes: list[str | None] = [None, None]
+    modes = ["", ""]  # no weights for the base and enhanced synthesizers
     for t in range(1, run.cfg.iterate.iterations + 1):
         m3, m4 = run.metrics("03_sample_score", t), run.metrics("04_influence", t)
         rows.append(
@@ -128,7 +128,7 @@ def iteration_curves(run: Run) -> pd.DataFrame:
                 "delta_parsed": m4.get("vs_previous_parsed_delta"),
             }
         )
-        modes.append(m3.get("weights_mode"))
+        modes.append(m3.get("weights_mode", ""))
     df = pd.DataFrame(rows).set_index("synthesizer").apply(pd.to_numeric, errors="coerce")
     return df.assign(aspect_weights=modes)  # "fit", or why equal weights were used instead
 
