@@ -16,8 +16,16 @@ from scoder_lib.core.io import read_json, write_jsonl
 from scoder_lib.core.records import EvalResult, read_records
 from scoder_lib.data.benchmarks import Task, load_tasks
 from scoder_lib.data.decontam import build
-from scoder_lib.evaluation import evalplus_compat
-from scoder_lib.evaluation.benchrun import asserts_passed_headline, chosen_tasks, headline, heldout_tasks, tasks_for
+from scoder_lib.evaluation import anchors, evalplus_compat
+from scoder_lib.evaluation.benchrun import (
+    asserts_passed_headline,
+    chosen_tasks,
+    derived,
+    headline,
+    heldout_tasks,
+    tasks_for,
+)
+from scoder_lib.evaluation.compare import MBPP_BASE
 from scoder_lib.evaluation.evaluate import (
     _libs_ok,
     build_prompt,
@@ -421,3 +429,27 @@ def test_decontamination_covers_livecodebench_when_configured(tmp_path: Path, sm
     assert dc.check("def area(w, h):\n    return w * h\n") is None
     with pytest.raises(ConfigError, match="livecodebench_folder"):
         build(cfg.model_copy(update={"evaluate": smoke_cfg.evaluate}))
+
+
+def test_mbpp_base_is_read_off_mbpp_plus_base_verdicts():
+    """EvalPlus's MBPP column (what published MBPP figures and the anchors report) comes from MBPP+'s own
+    answers, judged on the base inputs only: an answer that fails only the extra inputs counts there."""
+
+    def row(task: str, base: bool | None, plus: bool) -> EvalResult:
+        return EvalResult(task, "s", False, plus, "passed" if plus else "failed", "", "", base_passed=base)
+
+    rows = [
+        row("Mbpp/2", True, True),
+        row("Mbpp/3", True, False),
+        row("Mbpp/4", False, False),
+        row("Mbpp/6", None, False),
+    ]
+    ids = ["Mbpp/2", "Mbpp/3", "Mbpp/4", "Mbpp/6", "Mbpp/7"]  # Mbpp/7: no answer, counts as failed
+    d = derived("mbpp+", rows, ids)
+    assert d["benchmark"] == MBPP_BASE and [r.passed for r in d["rows"]] == [True, True, False, False]
+    assert d["headline"]["pass@1"] == pytest.approx(2 / 5) and headline("mbpp+", rows, 5)["pass@1"] == pytest.approx(
+        1 / 5
+    )
+    assert [r.passed for r in rows] == [True, False, False, False]  # MBPP+'s own rows are left as they were
+    assert derived("humaneval", rows, ids) == {}
+    assert anchors.refs_for(MBPP_BASE) and not anchors.refs_for("mbpp")  # the anchors sit on the column they report

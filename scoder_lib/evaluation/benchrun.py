@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from scoder_lib.core.io import write_jsonl
 from scoder_lib.core.records import EvalResult, SeedSample
 from scoder_lib.core.stats import mean_ci, wilson
 from scoder_lib.data.benchmarks import Task, load_tasks
-from scoder_lib.evaluation.compare import one_answer_per_task, tests_share_by_task
+from scoder_lib.evaluation.compare import HELDOUT_TESTS, MBPP_BASE, one_answer_per_task, tests_share_by_task
 from scoder_lib.evaluation.evaluate import SKIP_REASON, build_prompt, evaluate_samples, judgeable, write_results
 from scoder_lib.llm import student_format
 from scoder_lib.llm.base import GenRequest
@@ -122,6 +123,23 @@ def headline(benchmark: str, rows: list[EvalResult], n_tasks: int) -> dict[str, 
     c = sum(r.passed for r in rows)
     lo, hi = wilson(c, n_tasks)
     return {"pass@1": c / n_tasks if n_tasks else 0.0, "ci_low": lo, "ci_high": hi, "n": n_tasks}
+
+
+# Scores read off another benchmark's answers (no generation of their own): its tasks, its rows.
+DERIVED = {"mbpp+": MBPP_BASE, HELDOUT: HELDOUT_TESTS}
+
+
+def derived(benchmark: str, rows: list[EvalResult], task_ids: list[str], seed: int = 0) -> dict[str, Any]:
+    """The score `DERIVED` reads off `benchmark`'s rows, or {}: {"benchmark", "rows" (what the paired
+    tests compare), "headline" (`headline`'s columns)}. MBPP+'s rows give EvalPlus's MBPP column (their
+    base-input verdicts); the held-out problems' rows the share of the teacher's asserts passed."""
+    name = DERIVED.get(benchmark)
+    if name == MBPP_BASE:
+        base = [replace(r, passed=bool(r.base_passed)) for r in rows]
+        return {"benchmark": name, "rows": base, "headline": headline(name, base, len(task_ids))}
+    if name == HELDOUT_TESTS:
+        return {"benchmark": name, "rows": rows, "headline": asserts_passed_headline(rows, task_ids, seed)}
+    return {}
 
 
 def asserts_passed_headline(rows: list[EvalResult], task_ids: list[str], seed: int = 0) -> dict[str, float]:

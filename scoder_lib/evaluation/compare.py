@@ -13,6 +13,10 @@ Results = dict[str, dict[str, list[EvalResult]]]  # model -> benchmark -> rows (
 # The held-out answers scored by the share of the teacher's asserts each passes (APPS's test-case
 # average): where every model scores 0 on whole problems, this still tells them apart.
 HELDOUT_TESTS = "heldout-tests"
+# MBPP+'s answers judged on its base inputs only, against the canonical outputs with EvalPlus's float
+# tolerance: EvalPlus's MBPP column, the one published MBPP figures (and the anchors) report. The
+# "mbpp" benchmark instead runs the original asserts, which compare floats with == on 8 tasks.
+MBPP_BASE = "mbpp-base"
 
 
 def comparisons(models: list[str], arms: dict[str, str]) -> list[tuple[str, str]]:
