@@ -45,9 +45,10 @@ def choose(cfg: Config, benchmark: str, tasks: list[Task]) -> list[Task]:
 
 
 def chosen_tasks(cfg: Config, benchmark: str, heldout: list[SeedSample] | None = None) -> tuple[list[Task], int]:
-    """The chosen tasks of a benchmark that can be judged here, and how many chosen ones cannot (BigCodeBench
-    tasks whose libraries are missing). Why leave those out here: then generation, the headline's
-    denominator, `evaluate.summarize`'s n_tasks and the paired tests all count the same tasks."""
+    """The chosen tasks of a benchmark that can be judged here (prompts from `TASKS_OF` where a benchmark
+    borrows them), and how many chosen ones cannot (BigCodeBench tasks whose libraries are missing).
+    Why leave those out here: then generation, the headline's denominator, `evaluate.summarize`'s
+    n_tasks and the paired tests all count the same tasks."""
     if benchmark == HELDOUT:
         return heldout_tasks(heldout or []), 0
     b = cfg.benchmarks
@@ -56,11 +57,6 @@ def chosen_tasks(cfg: Config, benchmark: str, heldout: list[SeedSample] | None =
         cfg, benchmark, load_tasks(source, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
     )
     return judgeable(benchmark, tasks)
-
-
-def tasks_for(cfg: Config, benchmark: str, heldout: list[SeedSample] | None = None) -> list[Task]:
-    """`chosen_tasks`'s tasks (prompts come from `TASKS_OF` where a benchmark borrows them)."""
-    return chosen_tasks(cfg, benchmark, heldout)[0]
 
 
 def requests(tasks: list[Task], cfg: Config) -> list[GenRequest]:
@@ -118,7 +114,7 @@ def run_benchmark(
 def headline(benchmark: str, rows: list[EvalResult], n_tasks: int) -> dict[str, float]:
     """Greedy pass@1 of the benchmark's headline split (plus for EvalPlus) over all chosen tasks, with a
     Wilson interval: a task without an answer counts as failed. `n_tasks` counts the tasks judged here
-    (`tasks_for`'s: BigCodeBench tasks skipped for missing libraries are not among them)."""
+    (`chosen_tasks`'s: BigCodeBench tasks skipped for missing libraries are not among them)."""
     one_answer_per_task(rows, benchmark)  # sums verdicts over rows: more than one per task would inflate it
     c = sum(r.passed for r in rows)
     lo, hi = wilson(c, n_tasks)
