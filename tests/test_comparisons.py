@@ -331,7 +331,7 @@ def test_claims_from_stage_metrics_carry_the_yardstick_size():
     m4 = {"heldout_n": 80.0, "x_delta": -0.1, "x_ci_low": -0.2, "x_ci_high": -0.01, "x_p_value": 0.08}
     rows = [claims._row("c", "e", claims._metric_delta(m, "x", per_snippet=2)) for m in (m2, m4)]
     assert [r["n"] for r in rows] == ["40 snippets x 2", "40 snippets x 2"]  # snippets are the paired units
-    assert [r["verdict"] for r in rows] == ["supported", claims.NOT_RESOLVED]
+    assert [claims.verdict(*r["_interval"], r["p"]) for r in rows] == ["supported", claims.NOT_RESOLVED]
 
 
 def test_the_report_shows_influence_in_significant_digits_not_rounded_to_zero():

@@ -52,8 +52,7 @@ def _row(claim: str, evidence: str, d: dict[str, Any], scale: float = 100.0) -> 
         "effect (points)": None if d.get("delta") is None else round(scale * d["delta"], 1),
         "95% interval": None if lo is None else f"[{scale * lo:.1f}, {scale * hi:.1f}]",
         "p": d.get("p_value"),
-        "verdict": verdict(lo, hi, d.get("p_value")),
-        "_interval": (lo, hi),  # unrounded, for the verdict after the Holm adjustment; not shown
+        "_interval": (lo, hi),  # unrounded: `claims` reads the verdict off it and the Holm-adjusted p
     }
 
 
