@@ -28,19 +28,19 @@ command -v "$PYTHON" >/dev/null || { echo "error: no Python at '$PYTHON' (set PY
 # Why: a disk that fills half-way through leaves pip's "[Errno 28] No space left on device" after minutes
 # of downloads and a broken venv; say so before starting. pip unpacks into TMPDIR, the venv lands beside
 # VENV: both are counted (once when they share a filesystem).
-need_gb=${VLLM_MIN_FREE_GB:-6}
+need_gb=${VLLM_MIN_FREE_GB:-6}  # GiB: measured peak 4.0 (docs/scaling.md)
 venv_dir=$(dirname "$(realpath -m "$VENV")")
 tmp_dir=${TMPDIR:-/tmp}
 free_gb() { df -Pk "$1" | awk 'NR == 2 {printf "%.1f", $4 / 1048576}'; }
-if [[ "$(df -P "$venv_dir" | awk 'NR == 2 {print $1}')" == "$(df -P "$tmp_dir" | awk 'NR == 2 {print $1}')" ]]; then
+if [[ ! -d "$tmp_dir" || "$(df -P "$venv_dir" | awk 'NR == 2 {print $1}')" == "$(df -P "$tmp_dir" | awk 'NR == 2 {print $1}')" ]]; then
     places=("$venv_dir")
 else
     places=("$venv_dir" "$tmp_dir")
 fi
 for place in "${places[@]}"; do
     if awk -v f="$(free_gb "$place")" -v n="$need_gb" 'BEGIN {exit !(f < n)}'; then
-        echo "error: $place has $(free_gb "$place") GB free; setting up $VENV with $VLLM_PACKAGE needs about" \
-             "$need_gb GB (the venv ~3.5 GB plus pip's unpacked wheels in TMPDIR=$tmp_dir). Free some space," \
+        echo "error: $place has $(free_gb "$place") GiB free; setting up $VENV with $VLLM_PACKAGE needs about" \
+             "$need_gb GiB (the venv ~3.5 GiB plus pip's unpacked wheels in TMPDIR=$tmp_dir). Free some space," \
              "or point VENV / TMPDIR at a larger disk (VLLM_MIN_FREE_GB=0 skips this check)." >&2
         exit 1
     fi

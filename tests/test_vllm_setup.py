@@ -25,7 +25,7 @@ def test_a_disk_without_room_fails_at_once_and_says_where(tmp_path):
     venv = tmp_path / "venv"
     done = _setup(venv, VLLM_MIN_FREE_GB="1000000", TMPDIR=str(tmp_path))  # no disk here has a petabyte free
     assert done.returncode == 1
-    assert f"error: {tmp_path} has" in done.stderr and "needs about 1000000 GB" in done.stderr
+    assert f"error: {tmp_path} has" in done.stderr and "needs about 1000000 GiB" in done.stderr
     assert "VLLM_MIN_FREE_GB=0" in done.stderr  # what to do about it
     assert not venv.exists()  # refused before the venv was made
 
