@@ -147,12 +147,12 @@ def fit_aspect_weights(
     against 0.55 for equal weights). The fit, its intervals and its out-of-sample AUC stay in the
     result (`fitted`, `low`, `high`, `auc_cv`) for the report.
     """
-    x = np.vstack([teacher, candidates])
-    y = np.r_[np.ones(len(teacher)), np.zeros(len(candidates))]
-    equal = np.full(len(aspects), 1 / len(aspects))
-    auc_equal = separation_auc(x @ equal, y)
     if opts.mode == "none":
         return equal_weights(aspects)
+    x = np.vstack([teacher, candidates])
+    y = np.r_[np.ones(len(teacher)), np.zeros(len(candidates))]
+    equal = equal_weights(aspects).weights
+    auc_equal = separation_auc(x @ equal, y)
     if opts.mode == "fixed":
         w = fixed_weights(aspects, opts.fixed)
         auc = separation_auc(x @ w, y)  # nothing fitted: in-sample is out-of-sample
