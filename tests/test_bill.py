@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 
 from scoder_lib.core.config import REPO_ROOT, ConfigError, LoraOptions
 from scoder_lib.core.params import load_config
+from scoder_lib.core.records import Candidate
 from scoder_lib.evaluation import evaluate
 from scoder_lib.method import scoring, seed, selection, synthesis
 from scoder_lib.method.train import encode, save_points
@@ -225,8 +226,16 @@ def test_restated_counting_rules_agree_with_the_library():
             assert save_points_count(total, m) == len(save_points(total, m))
     for n in range(0, 30):
         for f in (0.05, 0.25, 0.5, 0.9):
-            assert keep_count(n, f) == selection.keep_count(n, f)
-            assert top_count(n, f) == len(selection._top(list(range(n)), f))
+            for available in {0, n // 2, n}:
+                assert keep_count(n, available, f) == selection.keep_count(n, available, f)
+            for with_any in {0, n // 3, n}:
+                cands = [
+                    Candidate(
+                        "p", "s", "t", "f", 1, "passed", cand_id=f"{i}", snippet_key=f"{i}", eligible=i < with_any
+                    )
+                    for i in range(n)
+                ]
+                assert top_count(n, with_any, f) == len(selection.best_per_snippet(cands, f))
 
 
 def test_prompt_texts_match_the_method_modules():

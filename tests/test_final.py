@@ -10,7 +10,7 @@ from scoder_lib.core.config import DecontamOptions, LoraOptions, TrainOptions
 from scoder_lib.core.records import InstructionSample, Sample
 from scoder_lib.data.benchmarks import load_tasks
 from scoder_lib.data.decontam import Decontaminator, benchmark_texts
-from scoder_lib.method import instructions
+from scoder_lib.method import arms, instructions
 from scoder_lib.method.train import sft
 
 
@@ -65,6 +65,28 @@ def test_equalized_arms_get_equal_sample_counts():
         sets[:3], dict.fromkeys(["scoder", "teacher", "base"]), equalize=True, tolerance=0.0, seed=0
     )
     assert [s.rows for s in again] == [s.rows for s in out]  # seeded
+
+
+def test_equalized_arms_that_training_would_make_unequal_are_refused(micro_ref, smoke_cfg):
+    tok = transformers.AutoTokenizer.from_pretrained(micro_ref.path)
+    short = [
+        InstructionSample(f"Add {i}.", f"def f(x):\n    return x + {i}\n", "t", "f", "passed", "x") for i in range(4)
+    ]
+    long = [
+        *short[:3],
+        InstructionSample("Add.", "def f(x):\n" + "    x += 1\n" * 400 + "    return x\n", "t", "f", "passed", "x"),
+    ]
+    fin = smoke_cfg.final.model_copy(update={"equalize": True})
+    fin = fin.model_copy(update={"train": fin.train.model_copy(update={"long_examples": "drop", "max_seq_len": 256})})
+    sets = [instructions.InstructionSet("scoder", short), instructions.InstructionSet("teacher_only", long)]
+    arms.check_equal_training(tok, sets[:1], fin)  # every sample fits: nothing to say
+    with pytest.raises(
+        ValueError, match=r"arm teacher_only: 1 of its 4 samples are longer than final.train.max_seq_len=256"
+    ):
+        arms.check_equal_training(tok, sets, fin)
+    truncating = fin.model_copy(update={"train": fin.train.model_copy(update={"long_examples": "truncate"})})
+    arms.check_equal_training(tok, sets, truncating)  # truncated, not dropped: the counts stay equal
+    arms.check_equal_training(tok, sets, fin.model_copy(update={"equalize": False}))
 
 
 def test_dataset_and_student_load_with_standard_apis(tmp_path, micro_ref):

@@ -35,6 +35,20 @@ def test_candidates_are_k_times_m_times_n(micro_checkpoints, smoke_cfg, tmp_path
     assert Candidate.from_json(cands[0].to_json()) == cands[0]  # the file format round-trips
 
 
+def test_sampling_only_the_last_checkpoint_draws_what_the_method_draws_from_it(micro_checkpoints, smoke_cfg, tmp_path):
+    """The M = 1 ablation samples the last checkpoint with that checkpoint's own seeds: its candidates are
+    the full method's from that checkpoint (paired), not a fresh draw under the first checkpoint's seeds."""
+    cfg = _with_iterate(smoke_cfg, samples_per_checkpoint=2, min_status="parsed")
+    snippets = [p["text"] for p in POOL[:3]]
+    ckpts = [str(p) for p in micro_checkpoints]
+    full = candidates.sample(cfg, ckpts, snippets, iteration=1, cache_dir=tmp_path)
+    last = candidates.sample(cfg, ckpts[-1:], snippets, iteration=1, cache_dir=tmp_path, first=len(ckpts) - 1)
+    assert {c.checkpoint for c in last} == {1}
+    assert [(c.cand_id, c.raw) for c in last] == [(c.cand_id, c.raw) for c in full if c.checkpoint == 1]
+    first_seeds = [(c.cand_id, c.raw) for c in full if c.checkpoint == 0]
+    assert [c.raw for c in last] != [raw for _, raw in first_seeds]  # the two checkpoints' streams differ
+
+
 def test_allocation_never_reuses_snippets():
     seed_keys = {snippet_key(p["text"]) for p in POOL[:5]}
     it1 = allocate(POOL, seed_keys, 10, seed=0, salt="iteration-1")
@@ -129,8 +143,19 @@ def test_initial_selection_best_per_snippet_then_top_fraction():
             ("d", 1, False),
         ]
     ]
-    sel = selection.best_per_snippet(cands, keep_top_fraction=0.67)
-    assert [c.cand_id for c in sel] == ["c8", "a7"]  # b3 cut by the fraction; d has nothing eligible
+    sel = selection.best_per_snippet(cands, keep_top_fraction=0.5)
+    assert [c.cand_id for c in sel] == ["c8", "a7"]  # half of the 4 snippets sampled: b3 cut, d has nothing eligible
+
+
+def test_selection_counts_do_not_depend_on_how_many_were_eligible():
+    """Two runs that sample the same 48 snippets (the method and an ablation, or two iterations) select the
+    same number, however many snippets their synthesizers made eligible; fewer only when too few were."""
+    strong = [_cand(f"k{i}", float(i)) for i in range(48)]
+    weak = [_cand(f"k{i}", float(i), eligible=i % 8 != 0) for i in range(48)]  # 42 snippets eligible
+    starved = [_cand(f"k{i}", float(i), eligible=i < 20) for i in range(48)]
+    for pick in (lambda c: selection.best_per_snippet(c, 0.75), lambda c: selection.random_per_snippet(c, 0.75, 0)):
+        assert len(pick(strong)) == len(pick(weak)) == selection.select_count(strong, 0.75) == 36
+        assert len(pick(starved)) == 20  # a shortfall: all there are
 
 
 def test_aspect_weights_fit_or_fixed():
@@ -161,7 +186,12 @@ def test_influence_keeps_the_top_fraction():
     scores = np.array([0.1, 0.9, 0.5, 0.9])
     kept = selection.keep(cands, scores, keep_fraction=0.5, select="influence", seed=0)
     assert [c.snippet_key for c in kept] == ["b", "d"] and kept[0].influence == 0.9  # stable on ties
-    assert selection.keep_count(4, 0.1) == 1 and selection.keep_count(0, 0.5) == 0
+    assert selection.keep_count(4, 4, 0.1) == 1 and selection.keep_count(0, 0, 0.5) == 0
+    # a fraction of what 03 selected, not of what was short enough to train on: the same count in every run
+    assert selection.keep_count(36, 33, 0.5) == selection.keep_count(36, 36, 0.5) == 18
+    assert selection.keep_count(36, 10, 0.5) == 10
+    kept = selection.keep(cands[:3], scores[:3], keep_fraction=0.5, select="influence", seed=0, selected=4)
+    assert [c.snippet_key for c in kept] == ["b", "c"]  # 2 of the 4 selected, though one was left out
 
 
 def test_nothing_survives_carries_the_previous_synthesizer(tmp_path):

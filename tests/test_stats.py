@@ -6,10 +6,13 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scoder_lib.core import stats
+from scoder_lib.core.io import write_json
 from scoder_lib.core.records import HeldoutSample
+from scoder_lib.core.run import Run
 from scoder_lib.method import synthesis, yardstick
 from scoder_lib.pipeline import claims
 
@@ -88,3 +91,81 @@ def test_the_yardstick_summary_clusters_by_snippet():
     clustered, flat = yardstick.summarize(rows), synthesis.summarize(rows)
     assert clustered["valid_rate"] == flat["valid_rate"] == 0.25
     assert clustered["valid_ci_high"] - clustered["valid_ci_low"] > 1.3 * (flat["valid_ci_high"] - flat["valid_ci_low"])
+
+
+def test_a_single_cluster_is_one_witness():
+    lo, hi = stats.cluster_wilson([True] * 5 + [False] * 5, ["only"] * 10)
+    assert (lo, hi) == pytest.approx(stats._wilson_rate(0.5, 1, 1.96))
+    plain = stats.wilson(5, 10)
+    assert hi - lo > 1.5 * (plain[1] - plain[0])  # far wider than 10 independent samples would give
+
+
+def test_paired_delta_refuses_cluster_keys_that_do_not_match_the_items():
+    with pytest.raises(ValueError, match="cluster keys"):
+        stats.paired_delta([0] * 10, [1] * 5 + [0] * 5, clusters=["x", "y", "z"])
+
+
+def _held(seed_id: str, j: int, status: str) -> HeldoutSample:
+    return HeldoutSample("p", "s", "t", "f", 1, status, seed_id=seed_id, sample=j)
+
+
+def test_yardstick_compare_pairs_each_snippet_sample_once():
+    a = [_held(f"k{i}", j, "failed") for i in range(20) for j in range(2)]
+    b = [_held(f"k{i}", j, "passed" if i < 8 else "failed") for i in range(20) for j in range(2)]
+    d = yardstick.compare(a, b, "valid")
+    assert d["delta"] == pytest.approx(0.4) and d["only_b"] == 16 and d["ci_low"] > 0
+    assert yardstick.compare(a, b, "parsed")["delta"] == 0.0  # both sides parse everything
+    repeated = [*b[:-1], _held("k19", 0, "failed")]  # (k19, 0) twice, (k19, 1) missing: same length
+    with pytest.raises(ValueError, match="once each"):
+        yardstick.compare(a, repeated)
+    with pytest.raises(ValueError, match="valid or parsed"):
+        yardstick.compare(a, b, "pass")
+
+
+def test_a_p_that_could_not_be_computed_resolves_nothing():
+    assert claims.verdict(1.0, 3.0, float("nan")) == claims.NOT_RESOLVED
+    assert claims.verdict(1.0, 3.0, None) == "supported"  # no test for the row: the interval decides
+    assert claims.verdict(1.0, 3.0, 0.01) == "supported" and claims.verdict(-3.0, -1.0, 0.01) == "contradicted"
+    assert claims.verdict(-1.0, 3.0, 0.01) == claims.NOT_RESOLVED  # p below alpha, the interval straddles zero
+
+
+def test_claims_adjust_within_each_claim_and_keep_only_the_method_arm(tmp_path, monkeypatch, smoke_cfg):
+    """The report's claim table from a run's files: one Holm family per claim (a p that passes alone fails
+    beside its claim's other rows), student rows only where the method arm is b, effects in points b - a."""
+    monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path))
+    run = Run("r", "smoke", smoke_cfg)
+    d02 = {"heldout_yardstick": 80}
+    for what, (lo, hi, p) in {"valid": (0.05, 0.3, 0.01), "parsed": (0.1, 0.5, 0.03)}.items():
+        d02 |= {
+            f"enhanced_vs_base_{what}_{k}": v
+            for k, v in zip(("delta", "ci_low", "ci_high", "p_value"), (0.2, lo, hi, p))
+        }
+    write_json(run.stage_dir("02_seed") / "metrics.json", d02)
+    d04 = {"heldout_n": 80} | {
+        f"vs_control_{w}_{k}": v
+        for w in ("valid", "parsed")
+        for k, v in zip(("delta", "ci_low", "ci_high", "p_value"), (0.1, 0.01, 0.2, 0.04))
+    }
+    write_json(run.stage_dir("04_influence", 1) / "metrics.json", d04)
+    paired = pd.DataFrame(
+        [  # (benchmark, a, b, delta, ci_low, ci_high, p)
+            ("humaneval", "base", "scoder", 3.0, 0.5, 6.0, 0.02),
+            ("humaneval+", "base", "scoder", 2.0, 0.2, 4.0, 0.04),
+            ("humaneval", "teacher_only", "scoder", -4.0, -7.0, -1.0, 0.001),
+            ("humaneval", "base", "teacher_only", 5.0, 2.0, 8.0, 0.001),  # no method arm: not a claim
+        ],
+        columns=["benchmark", "a", "b", "delta", "ci_low", "ci_high", "p_value"],
+    ).assign(n=164)
+    (run.stage_dir("06_evaluate")).mkdir(parents=True)
+    paired.to_csv(run.stage_dir("06_evaluate") / "paired.csv", index=False)
+    table = claims.claims(run).set_index("evidence")
+    verdicts = table.verdict.to_dict()
+    assert len(table) == 2 + 2 + 3  # 02's two rates, the control's two, three student rows
+    assert verdicts["held-out yardstick, enhanced minus base, valid rate"] == "supported"  # 0.01, 0.03 -> 0.02, 0.03
+    assert set(v for k, v in verdicts.items() if "random control" in k) == {claims.NOT_RESOLVED}  # 0.04 twice -> 0.08
+    he = "humaneval: pass@1 of scoder minus base"
+    assert table.loc[he, "p (Holm)"] == claims.p_text(0.04) and verdicts[he] == "supported"
+    assert verdicts["humaneval+: pass@1 of scoder minus base"] == "supported"
+    worse = "humaneval: pass@1 of scoder minus teacher_only"
+    assert verdicts[worse] == "contradicted" and table.loc[worse, "effect (points)"] == -4.0
+    assert "humaneval: pass@1 of teacher_only minus base" not in verdicts

@@ -23,7 +23,8 @@ def cluster_wilson(hits: Sequence[bool], clusters: Sequence[str], z: float = 1.9
     the interval. The cluster-robust (ratio-estimator) variance of the rate gives a design effect
     deff = var_cluster / var_binomial, floored at 1 so clustering never narrows the interval; Wilson is
     then taken at the effective size n / deff (Korn and Graubard's effective-sample-size interval). At a
-    rate of 0 or 1 nothing is known of the correlation: deff 1, plain Wilson.
+    rate of 0 or 1 nothing is known of the correlation: deff 1, plain Wilson. A single cluster is one
+    witness of the population of clusters, however many items it holds: Wilson at n = 1.
     """
     y = np.asarray(hits, dtype=float)
     n = len(y)
@@ -33,7 +34,9 @@ def cluster_wilson(hits: Sequence[bool], clusters: Sequence[str], z: float = 1.9
         return (0.0, 1.0)
     p = float(y.mean())
     keys = list(dict.fromkeys(clusters))
-    if p in (0.0, 1.0) or len(keys) < 2:
+    if len(keys) == 1:
+        return _wilson_rate(p, 1, z)
+    if p in (0.0, 1.0):
         return wilson(int(y.sum()), n, z)
     index = {k: i for i, k in enumerate(keys)}
     of = np.array([index[c] for c in clusters])
@@ -94,6 +97,8 @@ def paired_delta(
     if x.shape != y.shape:
         raise ValueError(f"paired_delta needs the same items on both sides: {x.shape} vs {y.shape}")
     n = len(x)
+    if clusters is not None and len(clusters) != n:
+        raise ValueError(f"paired_delta: {len(clusters)} cluster keys for {n} items")
     if n == 0:
         return {
             "n": 0,

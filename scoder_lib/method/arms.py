@@ -6,7 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scoder_lib.core.config import ArmOptions
+import transformers
+from transformers import PreTrainedTokenizerBase
+
+from scoder_lib.core.config import ArmOptions, FinalOptions
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.records import InstructionSample, Sample
 from scoder_lib.core.run import Run
@@ -112,10 +115,27 @@ def table(run: Run, sizes: list[ArmSize]) -> list[dict[str, Any]]:
     ]
 
 
+def check_equal_training(tok: PreTrainedTokenizerBase, sets: list[InstructionSet], fin: FinalOptions) -> None:
+    """Refuse, before any student trains, arms that `equalize` made equal but training would make unequal:
+    under `long_examples: drop` a sample longer than `max_seq_len` is left out of training."""
+    if not fin.equalize:
+        return
+    for s in sets:
+        examples = [student_example(r.problem, r.solution, fin.student_format) for r in s.rows]
+        if too_long := len(examples) - sum(lineage.fits_training(tok, examples, fin.train)):
+            raise ValueError(
+                f"arm {s.name}: {too_long} of its {len(examples)} samples are longer than final.train.max_seq_len="
+                f"{fin.train.max_seq_len}, and training would drop them (long_examples: {fin.train.long_examples}), "
+                "so the equalized arms would train on different counts: raise final.train.max_seq_len or set "
+                "final.train.long_examples: truncate"
+            )
+
+
 def train_students(run: Run, sets: list[InstructionSet], folder: Path) -> dict[str, dict[str, Any]]:
     """One student per non-empty arm, trained identically (same base, options and seed); a model card each."""
     fin = run.cfg.final
     student = prepare(fin.student, run.cache_dir)
+    check_equal_training(transformers.AutoTokenizer.from_pretrained(student.path), sets, fin)
     trained = {}
     for s in sets:
         if not s.rows:
@@ -138,7 +158,8 @@ def train_students(run: Run, sets: list[InstructionSet], folder: Path) -> dict[s
         )
         trained[s.name] = {
             "checkpoint": str(res.final),
-            "samples": len(examples),
+            "samples": len(examples) - res.skipped,  # what it trained on
+            "skipped": res.skipped,
             "steps": res.steps,
             "wall_s": res.wall_s,
             "final_loss": res.losses[-1][1],

@@ -22,13 +22,19 @@ def request_seed(base: int, iteration: int, checkpoint: int, key: str) -> int:
 
 
 def sample(
-    cfg: Config, checkpoints: list[str], snippets: list[str], iteration: int, cache_dir: Path
+    cfg: Config, checkpoints: list[str], snippets: list[str], iteration: int, cache_dir: Path, first: int = 0
 ) -> list[Candidate]:
-    """K x M x N candidates (snippet, checkpoint, sample index, verdict, raw text, eligibility)."""
+    """K x M x N candidates (snippet, checkpoint, sample index, verdict, raw text, eligibility).
+
+    `first`: the position of `checkpoints[0]` among the synthesizer's saved checkpoints. A checkpoint's
+    seeds and label follow its position there, not in the sampled subset, so a run that samples only
+    the last checkpoint (the M = 1 ablation) draws what the full method draws from it, and more samples.
+    """
     opts = cfg.iterate
     sampling = opts.sampling.model_copy(update={"n": opts.samples_per_checkpoint})
     out: list[Candidate] = []
-    for m, ckpt in enumerate(checkpoints):
+    for i, ckpt in enumerate(checkpoints):
+        m = first + i
         gen = generator(cfg.synthesizer, cache_dir, model_path=ckpt)
         seeds = [request_seed(sampling.seed, iteration, m, snippet_key(s)) for s in snippets]
         rows = synthesize(
@@ -37,7 +43,7 @@ def sample(
             sampling,
             version=cfg.seed_stage.prompt_version,
             execution=cfg.execution,
-            desc=f"checkpoint {m + 1}/{len(checkpoints)}",
+            desc=f"checkpoint {m + 1} ({i + 1}/{len(checkpoints)} sampled)",
             seeds=seeds,
             cache_dir=cache_dir,
         )

@@ -2,6 +2,8 @@
 
 Every rule that decides what the next synthesizer trains on lives here, with a unit test. The
 ablations keep the same counts as the full method: each removes one component, never the data amount.
+So the counts are fractions of what every run of a profile shares (the K snippets sampled, then what 03
+selected), not of what a run's synthesizer happened to make eligible, which differs between runs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,23 @@ import random
 import numpy as np
 import pandas as pd
 
+from scoder_lib.core.logs import get_logger
 from scoder_lib.core.records import Candidate
 
+log = get_logger(__name__)
 
-def _top(ranked: list[Candidate], fraction: float) -> list[Candidate]:
-    return ranked[: max(1, round(fraction * len(ranked)))] if ranked else []
+
+def select_count(cands: list[Candidate], keep_top_fraction: float) -> int:
+    """How many candidates stage 03 selects: the fraction of the snippets sampled (eligible or not), at
+    least one. Why of the sampled: the eligible share depends on the run's synthesizer, so a fraction of
+    it would hand an ablation run (or a later iteration) a different amount of training data."""
+    snippets = len({c.snippet_key for c in cands})
+    return max(1, round(keep_top_fraction * snippets)) if snippets else 0
+
+
+def _top(ranked: list[Candidate], n: int) -> list[Candidate]:
+    """The first n; fewer (all there are) when too few snippets had an eligible candidate."""
+    return ranked[:n]
 
 
 def _score(c: Candidate) -> float:
@@ -24,19 +38,19 @@ def _score(c: Candidate) -> float:
 
 
 def best_per_snippet(cands: list[Candidate], keep_top_fraction: float) -> list[Candidate]:
-    """Best-scoring eligible candidate per snippet, then the top fraction of those by score."""
+    """Best-scoring eligible candidate per snippet, then the `select_count` best of those by score."""
     best: dict[str, Candidate] = {}
     for c in cands:  # a strictly higher score replaces; ties keep the earlier candidate
         if c.eligible and (c.snippet_key not in best or _score(c) > _score(best[c.snippet_key])):
             best[c.snippet_key] = c
-    return _top(sorted(best.values(), key=lambda c: -(c.score or 0.0)), keep_top_fraction)
+    return _top(sorted(best.values(), key=lambda c: -_score(c)), select_count(cands, keep_top_fraction))
 
 
 def random_per_snippet(
     cands: list[Candidate], keep_top_fraction: float, seed: int, iteration: int = 0
 ) -> list[Candidate]:
     """The no-scoring ablation: a seeded random eligible candidate per snippet, then a random subset of
-    the same fraction (the count `best_per_snippet` would keep).
+    `select_count` (the count `best_per_snippet` keeps).
 
     The seed includes the iteration (0: outside one), as the control's does: without it every
     iteration would pick the same positions (the same checkpoint and sample index per snippet).
@@ -48,7 +62,7 @@ def random_per_snippet(
             by_snippet.setdefault(c.snippet_key, []).append(c)
     picked = [rng.choice(group) for _, group in sorted(by_snippet.items())]
     rng.shuffle(picked)
-    return _top(picked, keep_top_fraction)
+    return _top(picked, select_count(cands, keep_top_fraction))
 
 
 def select_per_snippet(
@@ -56,13 +70,25 @@ def select_per_snippet(
 ) -> list[Candidate]:
     """Stage 03's selection: by score when scoring is on, else the random ablation (same count)."""
     if scoring:
-        return best_per_snippet(cands, keep_top_fraction)
-    return random_per_snippet(cands, keep_top_fraction, seed, iteration)
+        picked = best_per_snippet(cands, keep_top_fraction)
+    else:
+        picked = random_per_snippet(cands, keep_top_fraction, seed, iteration)
+    if len(picked) < (target := select_count(cands, keep_top_fraction)):
+        log.warning(
+            "%d selected, not %d: only %d snippets had an eligible candidate; runs compared with this one "
+            "train on different amounts",
+            len(picked),
+            target,
+            len(picked),
+        )
+    return picked
 
 
-def keep_count(n: int, keep_fraction: float) -> int:
-    """How many of n candidates stage 04 keeps: the fraction, at least one (the same in every ablation)."""
-    return min(n, max(1, round(keep_fraction * n)))
+def keep_count(selected: int, available: int, keep_fraction: float) -> int:
+    """How many candidates stage 04 keeps: the fraction of the `selected` 03 handed on, at least one, at
+    most the `available` (those not too long for training). Why of the selected: the number too long
+    differs between runs, and the method, its ablations and its control must train on the same count."""
+    return min(available, max(1, round(keep_fraction * selected))) if selected else 0
 
 
 def keep(
@@ -72,8 +98,12 @@ def keep(
     select: str,
     seed: int,
     iteration: int = 0,
+    selected: int | None = None,
 ) -> list[Candidate]:
     """Stage 04's keep rule: the `keep_count` candidates by influence, or (ablations) at random or by score.
+
+    `selected`: how many 03 selected, before those too long for training were left out (default: all of
+    `cands` were).
 
     Every candidate carries its influence score (zeros when influence was not computed); ties keep
     the earlier candidate. The random draw's seed includes the iteration (0: outside one), as the
@@ -81,10 +111,10 @@ def keep(
     """
     for c, value in zip(cands, influence):
         c.influence = float(value)
-    n = keep_count(len(cands), keep_fraction)
+    n = keep_count(len(cands) if selected is None else selected, len(cands), keep_fraction)
     if select == "random":
         return random.Random(f"{seed}:no-influence:{iteration}").sample(cands, n)
-    key = (lambda i: -float(influence[i])) if select == "influence" else (lambda i: -(cands[i].score or 0.0))
+    key = (lambda i: -float(influence[i])) if select == "influence" else (lambda i: -_score(cands[i]))
     return [cands[i] for i in sorted(range(len(cands)), key=key)[:n]]
 
 

@@ -63,9 +63,12 @@ def summarize(samples: list[HeldoutSample]) -> dict[str, float]:
 
 def compare(a: list[HeldoutSample], b: list[HeldoutSample], what: str = "valid", seed: int = 0) -> dict[str, float]:
     """b minus a on the same (snippet, sample) pairs, resampled by snippet: `what` = valid or parsed."""
-    key_a = {(s.seed_id, s.sample): s for s in a}
-    pairs = [(key_a[(s.seed_id, s.sample)], s) for s in b if (s.seed_id, s.sample) in key_a]
-    if len(pairs) != len(a) or len(pairs) != len(b):
-        raise ValueError("compare: the two yardstick files do not hold the same snippets and samples")
+    if what not in ("valid", "parsed"):
+        raise ValueError(f"compare: what={what!r}; valid or parsed")
+    key_a, key_b = ({(s.seed_id, s.sample): s for s in side} for side in (a, b))
+    if len(key_a) != len(a) or len(key_b) != len(b) or key_a.keys() != key_b.keys():
+        # a repeated (snippet, sample) would pair one sample twice and leave its sibling out
+        raise ValueError("compare: the two yardstick files do not hold the same snippets and samples, once each")
+    pairs = [(key_a[k], key_b[k]) for k in key_b]  # in b's order, as before
     ok = (lambda s: s.status == "passed") if what == "valid" else (lambda s: s.parsed)
     return paired_delta([ok(x) for x, _ in pairs], [ok(y) for _, y in pairs], [x.seed_id for x, _ in pairs], seed=seed)

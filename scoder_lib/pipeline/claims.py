@@ -27,9 +27,11 @@ ALPHA = 0.05
 
 
 def verdict(ci_low: float | None, ci_high: float | None, p_value: float | None = None) -> str:
+    """From the interval, unless a test says otherwise: p None is "no test for this row"; a NaN p is a
+    test that could not be computed, which resolves nothing."""
     if ci_low is None or ci_high is None or pd.isna(ci_low) or pd.isna(ci_high):
         return "not measured"
-    if p_value is not None and not pd.isna(p_value) and p_value >= ALPHA:
+    if p_value is not None and (pd.isna(p_value) or p_value >= ALPHA):
         return NOT_RESOLVED
     if ci_low > 0:
         return "supported"

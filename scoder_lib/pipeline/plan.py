@@ -137,7 +137,7 @@ def sampling_rule(cfg: Config) -> str:
     )
     return (
         f"{m} checkpoint(s) x {it.samples_per_checkpoint} samples = {m * it.samples_per_checkpoint} candidates "
-        f"per snippet; {pick} per snippet, top {it.keep_top_fraction:.0%} kept"
+        f"per snippet; {pick} per snippet, then {it.keep_top_fraction:.0%} of the snippets' count kept"
     )
 
 

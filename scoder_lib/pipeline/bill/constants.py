@@ -161,11 +161,11 @@ CPU_SANDBOX_PROGRAMS_S = Constant(
 CPU_IMPORT_S = Constant(4.3, "s/stage", f"{MEASURED}: importing torch, transformers and peft (CPU time / 2)")
 CPU_MODEL_LOAD_S = Constant(0.58, "s/load", f"{MEASURED}: SmolLM2-135M float32 from the prepared folder")
 KERNEL_START_S = Constant(5.0, "s/stage", "guess: papermill starting a kernel and saving the executed notebook")
-REPORT_S = Constant(12.0, "s/stage", "README 'Measured' (2026-11-26): the whole 07 report stage on tiny")
+REPORT_S = Constant(12.0, "s/stage", "docs/runs.md, the first tiny run (2026-11-26): the whole 07 report stage on tiny")
 PREPROCESS_S_PER_FILE = Constant(
-    0.0156, "s/source file", "README 'Measured' (2026-11-26): the whole 01 stage, 1,790 stdlib files in 28 s"
+    0.0156, "s/source file", "docs/runs.md, the first tiny run (2026-11-26): the whole 01 stage, 1,790 files in 28 s"
 )
-STDLIB_FILES = Constant(1790.0, "files", "README 'Measured': the standard library's mined files")
+STDLIB_FILES = Constant(1790.0, "files", "docs/runs.md, the first tiny run: the standard library's mined files")
 BENCH_PROMPT_TOKENS = {
     "humaneval": Constant(140.0, "tokens", f"{MEASURED}: HumanEval+ prompts (164 tasks)"),
     "mbpp+": Constant(56.0, "tokens", f"{MEASURED}: MBPP+ prompts (378 tasks)"),

@@ -53,7 +53,7 @@ def sample_score(c: Ctx, t: int, state: IterState) -> tuple[list[Work], int]:
         if it.weights.mode == "fit":
             out += weight_fit(c, st, t, gen.sequences * p)
     with_any = round(k * (1.0 - (1.0 - p) ** (m * n)))  # snippets with at least one eligible candidate
-    return out, top_count(with_any, it.keep_top_fraction)
+    return out, top_count(k, with_any, it.keep_top_fraction)
 
 
 def ratings(c: Ctx, stage: str, item: str, count: float, sample_chars: float) -> Work:
@@ -100,7 +100,7 @@ def influence(c: Ctx, t: int, state: IterState, selected: int) -> tuple[list[Wor
     m = state.checkpoints
     targets = c.teacher_train if inf.max_target_samples is None else min(c.teacher_train, inf.max_target_samples)
     out = [gradients(c, st, t, m, selected, targets)] if inf.select == "influence" and selected else []
-    kept = keep_count(selected, inf.keep_fraction)
+    kept = keep_count(selected, selected, inf.keep_fraction)
     history = [*state.kept, kept]
     n_cand = sum(history) if inf.train_data == "accumulated" else kept
     n_seed = c.teacher_train if inf.train_data == "kept+seed" else 0

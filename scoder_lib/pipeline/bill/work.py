@@ -68,14 +68,15 @@ def save_points_count(total_steps: int, m: int) -> int:
     return len({max(1, round(k * total_steps / m)) for k in range(1, m + 1)})
 
 
-def keep_count(n: int, fraction: float) -> int:
-    """`selection.keep_count`: the fraction of n, at least one, at most n."""
-    return min(n, max(1, round(fraction * n)))
+def keep_count(selected: int, available: int, fraction: float) -> int:
+    """`selection.keep_count`: the fraction of the selected, at least one, at most the available."""
+    return min(available, max(1, round(fraction * selected))) if selected else 0
 
 
-def top_count(n: int, fraction: float) -> int:
-    """`selection._top`: the top fraction of n ranked candidates, at least one when any."""
-    return max(1, round(fraction * n)) if n else 0
+def top_count(snippets: int, with_any: int, fraction: float) -> int:
+    """`selection.select_count`, capped as `selection._top` caps it: the fraction of the snippets sampled,
+    at least one, at most those with an eligible candidate."""
+    return min(with_any, max(1, round(fraction * snippets))) if snippets else 0
 
 
 def generation(
