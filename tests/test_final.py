@@ -78,8 +78,11 @@ def test_equalized_arms_that_training_would_make_unequal_are_refused(micro_ref, 
     ]
     fin = smoke_cfg.final.model_copy(update={"equalize": True})
     fin = fin.model_copy(update={"train": fin.train.model_copy(update={"long_examples": "drop", "max_seq_len": 256})})
-    sets = [instructions.InstructionSet("scoder", short), instructions.InstructionSet("teacher_only", long)]
-    arms.check_equal_training(tok, sets[:1], fin)  # every sample fits: nothing to say
+    sets = {
+        name: [instructions.student_example(r.problem, r.solution, fin.student_format) for r in rows]
+        for name, rows in (("scoder", short), ("teacher_only", long))
+    }
+    arms.check_equal_training(tok, {"scoder": sets["scoder"]}, fin)  # every sample fits: nothing to say
     with pytest.raises(
         ValueError, match=r"arm teacher_only: 1 of its 4 samples are longer than final.train.max_seq_len=256"
     ):

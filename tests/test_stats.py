@@ -82,12 +82,12 @@ def test_clustering_never_narrows_and_leaves_the_edges_alone():
         stats.cluster_wilson([True, False], ["a"])
 
 
-def test_the_yardstick_summary_clusters_by_snippet():
-    def sample(seed_id: str, j: int, ok: bool) -> HeldoutSample:
-        status = "passed" if ok else "unparsed"
-        return HeldoutSample("p", "s", "t", "f", 1, status, seed_id=seed_id, sample=j)
+def _held(seed_id: str, j: int, status: str) -> HeldoutSample:
+    return HeldoutSample("p", "s", "t", "f", 1, status, seed_id=seed_id, sample=j)
 
-    rows = [sample(f"k{i}", j, i < 10) for i in range(40) for j in range(2)]
+
+def test_the_yardstick_summary_clusters_by_snippet():
+    rows = [_held(f"k{i}", j, "passed" if i < 10 else "unparsed") for i in range(40) for j in range(2)]
     clustered, flat = yardstick.summarize(rows), synthesis.summarize(rows)
     assert clustered["valid_rate"] == flat["valid_rate"] == 0.25
     assert clustered["valid_ci_high"] - clustered["valid_ci_low"] > 1.3 * (flat["valid_ci_high"] - flat["valid_ci_low"])
@@ -103,10 +103,6 @@ def test_a_single_cluster_is_one_witness():
 def test_paired_delta_refuses_cluster_keys_that_do_not_match_the_items():
     with pytest.raises(ValueError, match="cluster keys"):
         stats.paired_delta([0] * 10, [1] * 5 + [0] * 5, clusters=["x", "y", "z"])
-
-
-def _held(seed_id: str, j: int, status: str) -> HeldoutSample:
-    return HeldoutSample("p", "s", "t", "f", 1, status, seed_id=seed_id, sample=j)
 
 
 def test_yardstick_compare_pairs_each_snippet_sample_once():

@@ -29,7 +29,7 @@ from scoder_lib.method.instructions import (
     student_example,
 )
 from scoder_lib.method.seed import as_sample
-from scoder_lib.method.train import sft
+from scoder_lib.method.train import Example, sft
 
 log = get_logger(__name__)
 
@@ -115,16 +115,15 @@ def table(run: Run, sizes: list[ArmSize]) -> list[dict[str, Any]]:
     ]
 
 
-def check_equal_training(tok: PreTrainedTokenizerBase, sets: list[InstructionSet], fin: FinalOptions) -> None:
+def check_equal_training(tok: PreTrainedTokenizerBase, examples: dict[str, list[Example]], fin: FinalOptions) -> None:
     """Refuse, before any student trains, arms that `equalize` made equal but training would make unequal:
     under `long_examples: drop` a sample longer than `max_seq_len` is left out of training."""
     if not fin.equalize:
         return
-    for s in sets:
-        examples = [student_example(r.problem, r.solution, fin.student_format) for r in s.rows]
-        if too_long := len(examples) - sum(lineage.fits_training(tok, examples, fin.train)):
+    for name, arm in examples.items():
+        if too_long := len(arm) - sum(lineage.fits_training(tok, arm, fin.train)):
             raise ValueError(
-                f"arm {s.name}: {too_long} of its {len(examples)} samples are longer than final.train.max_seq_len="
+                f"arm {name}: {too_long} of its {len(arm)} samples are longer than final.train.max_seq_len="
                 f"{fin.train.max_seq_len}, and training would drop them (long_examples: {fin.train.long_examples}), "
                 "so the equalized arms would train on different counts: raise final.train.max_seq_len or set "
                 "final.train.long_examples: truncate"
@@ -135,13 +134,14 @@ def train_students(run: Run, sets: list[InstructionSet], folder: Path) -> dict[s
     """One student per non-empty arm, trained identically (same base, options and seed); a model card each."""
     fin = run.cfg.final
     student = prepare(fin.student, run.cache_dir)
-    check_equal_training(transformers.AutoTokenizer.from_pretrained(student.path), sets, fin)
+    by_arm = {s.name: [student_example(r.problem, r.solution, fin.student_format) for r in s.rows] for s in sets}
+    check_equal_training(transformers.AutoTokenizer.from_pretrained(student.path), by_arm, fin)
     trained = {}
     for s in sets:
         if not s.rows:
             log.warning("arm %s: no samples reached the filters; not trained", s.name)
             continue
-        examples = [student_example(r.problem, r.solution, fin.student_format) for r in s.rows]
+        examples = by_arm[s.name]
         res = sft(examples, student.path, folder / s.name, fin.train, student.fingerprint)
         (res.final / "README.md").write_text(
             MODEL_CARD.format(

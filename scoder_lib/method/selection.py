@@ -27,11 +27,6 @@ def select_count(cands: list[Candidate], keep_top_fraction: float) -> int:
     return max(1, round(keep_top_fraction * snippets)) if snippets else 0
 
 
-def _top(ranked: list[Candidate], n: int) -> list[Candidate]:
-    """The first n; fewer (all there are) when too few snippets had an eligible candidate."""
-    return ranked[:n]
-
-
 def _score(c: Candidate) -> float:
     """A candidate's score, -inf when unrated (`is None`, not falsy: a score of 0.0 is a real score)."""
     return c.score if c.score is not None else float("-inf")
@@ -43,7 +38,8 @@ def best_per_snippet(cands: list[Candidate], keep_top_fraction: float) -> list[C
     for c in cands:  # a strictly higher score replaces; ties keep the earlier candidate
         if c.eligible and (c.snippet_key not in best or _score(c) > _score(best[c.snippet_key])):
             best[c.snippet_key] = c
-    return _top(sorted(best.values(), key=lambda c: -_score(c)), select_count(cands, keep_top_fraction))
+    # fewer than select_count (all there are) when too few snippets had an eligible candidate
+    return sorted(best.values(), key=lambda c: -_score(c))[: select_count(cands, keep_top_fraction)]
 
 
 def random_per_snippet(
@@ -62,7 +58,7 @@ def random_per_snippet(
             by_snippet.setdefault(c.snippet_key, []).append(c)
     picked = [rng.choice(group) for _, group in sorted(by_snippet.items())]
     rng.shuffle(picked)
-    return _top(picked, select_count(cands, keep_top_fraction))
+    return picked[: select_count(cands, keep_top_fraction)]
 
 
 def select_per_snippet(

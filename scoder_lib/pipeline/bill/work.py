@@ -74,8 +74,8 @@ def keep_count(selected: int, available: int, fraction: float) -> int:
 
 
 def top_count(snippets: int, with_any: int, fraction: float) -> int:
-    """`selection.select_count`, capped as `selection._top` caps it: the fraction of the snippets sampled,
-    at least one, at most those with an eligible candidate."""
+    """`selection.select_count`, capped as the selection is: the fraction of the snippets sampled, at
+    least one, at most those with an eligible candidate."""
     return min(with_any, max(1, round(fraction * snippets))) if snippets else 0
 
 
