@@ -12,6 +12,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUTPUTS ?= outputs
+# An ablation run links the leading stages it has in common with the run it ablates (the same settings,
+# finished there) instead of computing them again. The sub-make of an ablation arm sets it to the run
+# that holds the arm.
+SHARE_FROM ?=
 export SCODER_OUTPUTS := $(abspath $(OUTPUTS))
 OUT := $(OUTPUTS)/$(RUN)
 STAMPS := $(OUT)/.stamps
@@ -24,7 +28,7 @@ RUN_STAGE = $(PY) -m scoder_lib.pipeline.runner stage --run $(RUN)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
-	@echo "variables: PROFILE=$(PROFILE) (params/<PROFILE>.yaml, or a path to a .yaml)  RUN=$(RUN) (outputs/<RUN>/)"
+	@echo "variables: PROFILE=$(PROFILE) (params/<PROFILE>.yaml, or a path to a .yaml)  RUN=$(RUN) (outputs/<RUN>/)  SHARE_FROM=<run> (an ablation run takes the stages it shares with it)"
 
 # ---------------------------------------------------------------- set-up
 $(VENV)/.installed: pyproject.toml
@@ -55,7 +59,7 @@ rehearse: venv venv-vllm  ## rehearse the paper run's plumbing on the CPU (PROFI
 ifneq ($(filter stages synthesizer $(OUTPUTS)/%,$(MAKECMDGOALS)),)
 # Validate params and refresh stamps before make compares any timestamps.
 # (make 4.3 does not export variables to $(shell), hence SCODER_OUTPUTS spelled out)
-$(shell SCODER_OUTPUTS=$(SCODER_OUTPUTS) $(PY) -m scoder_lib.pipeline.plan --profile $(PROFILE) --run $(RUN) >&2)
+$(shell SCODER_OUTPUTS=$(SCODER_OUTPUTS) $(PY) -m scoder_lib.pipeline.plan --profile $(PROFILE) --run $(RUN) $(if $(SHARE_FROM),--share-from $(SHARE_FROM)) >&2)
 ifneq ($(.SHELLSTATUS),0)
 $(error params check failed: nothing was run)
 endif

@@ -99,3 +99,30 @@ def test_reports_open_in_chromium_without_errors(smoke_run):
                     assert target.is_file() and run in target.parents, href
             page.close()
         browser.close()
+
+
+def test_an_ablation_run_takes_the_method_runs_stages_through_make(smoke_run, tmp_path):
+    """What an ablation arm's sub-make does (`make synthesizer ... SHARE_FROM=<the method run>`), for a
+    no-influence ablation of the smoke run: 01, 02 and 03@1 are the method run's files, 04@1 onward its own."""
+    run, *_ = smoke_run
+    profile = tmp_path / "smoke_noinfluence.yaml"
+    profile.write_text("inherit: smoke\ninfluence: {select: random}\n", encoding="utf-8")
+    theirs = _markers(run)
+    out = make("synthesizer", "SHARE_FROM=e2e", outputs=run.parent, profile=profile, run="e2e-noinf")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    ablation = run.parent / "e2e-noinf"
+    for stage in ("01_preprocess", "02_seed", "iter_1/03_sample_score"):
+        assert json.loads((ablation / stage / MARKER).read_text())["shared_from"]["run"] == "e2e", stage
+        assert any(p.is_symlink() for p in (ablation / stage).iterdir()), stage
+    own = ablation / "iter_1" / "04_influence"
+    assert "shared_from" not in json.loads((own / MARKER).read_text())
+    assert not any(p.is_symlink() for p in own.iterdir())
+    # it ranked the method run's selection, and trained from the method run's enhanced synthesizer
+    assert (ablation / "iter_1/03_sample_score/selected.jsonl").read_bytes() == (
+        run / "iter_1/03_sample_score/selected.jsonl"
+    ).read_bytes()
+    assert (ablation / "iter_2/04_influence" / MARKER).exists() and not (ablation / "05_final").exists()
+    assert _markers(run) == theirs  # nothing of the method run was touched
+    again = _markers(ablation)
+    out = make("synthesizer", "SHARE_FROM=e2e", outputs=run.parent, profile=profile, run="e2e-noinf")
+    assert out.returncode == 0 and _markers(ablation) == again, (out.stdout + out.stderr)[-2000:]

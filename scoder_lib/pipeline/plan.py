@@ -1,6 +1,7 @@
 """Plan a run before any work: validate params, refresh the stamps make compares, write make's rules.
 
     python -m scoder_lib.pipeline.plan --profile tiny --run tiny
+    python -m scoder_lib.pipeline.plan --profile paper_ablation_m1 --run paper-m1 --share-from paper
     python -m scoder_lib.pipeline.plan --profile paper --run paper --dry-run [--gpu H100] [--json bill.json]
 
 Make calls this on every invocation, so it imports nothing heavy (no torch, papermill, nbconvert).
@@ -19,21 +20,33 @@ from scoder_lib.core.config import Config, ConfigError
 from scoder_lib.core.io import write_json, write_text
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.params import load_config
-from scoder_lib.core.run import MARKER, Run, StageRef
+from scoder_lib.core.run import MARKER, Run, StageRef, outputs_root
 from scoder_lib.llm.base import require_backend
 from scoder_lib.method import arm_specs
 from scoder_lib.pipeline.bill.build import make_bill
 from scoder_lib.pipeline.bill.constants import GPUS
 from scoder_lib.pipeline.bill.render import render, to_json
+from scoder_lib.pipeline.share import same_settings, shareable
 from scoder_lib.sandbox.isolation import banner
 
 log = get_logger(__name__)
 
 
-def plan(profile: str, name: str) -> int:
-    """Validate params, refresh stamps whose settings hash changed, and write make's rules (plan.mk)."""
+def plan(profile: str, name: str, share_from: str | None = None) -> int:
+    """Validate params, refresh stamps whose settings hash changed, and write make's rules (plan.mk).
+    `share_from`: the run this one ablates; its leading stages with the same settings are linked."""
     run = Run.for_profile(profile, name)  # raises ConfigError before anything is written
     check_backends(run)
+    parent = shared = None
+    if share_from:
+        parent = parent_run(share_from)
+        shared = shareable(run, parent)
+        log.info(
+            "run %s takes from run %s (the same settings, finished there): %s; runs itself: the rest",
+            run.name,
+            parent.name,
+            ", ".join(ref.id for ref in shared) or "nothing",
+        )
     run.stamps.mkdir(parents=True, exist_ok=True)
     if not (run.dir / "run.json").exists():
         write_json(run.dir / "run.json", {"profile": run.profile, "run": run.name})
@@ -41,7 +54,7 @@ def plan(profile: str, name: str) -> int:
     changed = [
         ref.id for ref in run.instances if _write_if_changed(run.stamps / ref.stamp, run.settings_hash(ref) + "\n")
     ]
-    _write_if_changed(run.stamps / "plan.mk", make_rules(run))
+    _write_if_changed(run.stamps / "plan.mk", make_rules(run, parent, shared or []))
     write_text(run.stamps / "plan_started", f"{time.time()}\n")
     if changed:
         log.info("settings changed (or new) for: %s", ", ".join(changed))
@@ -62,12 +75,23 @@ def synthesizer_ref(run: Run) -> StageRef:
     return before_final[-1]
 
 
-def make_rules(run: Run) -> str:
+def parent_run(name: str) -> Run:
+    """The run SHARE_FROM names; it must exist (planned by make) under the outputs folder."""
+    if not (outputs_root() / name / "run.json").exists():
+        raise ConfigError(
+            f"SHARE_FROM={name}: no run '{name}' in {outputs_root()}: run it first, or leave SHARE_FROM unset"
+        )
+    return Run.open(name)
+
+
+def make_rules(run: Run, parent: Run | None = None, shared: list[StageRef] | None = None) -> str:
     """make's rules for every stage instance: marker <- its stamp and the marker before it.
 
     Paths are written through the Makefile's $(OUT), $(STAMPS) and $(OUTPUTS), so they match however
     make was called (relative or absolute OUTPUTS). An arm fed by another run (an ablation) makes stage
-    05 depend on that run's final synthesizer, built by a sub-make of that run's profile.
+    05 depend on that run's final synthesizer, built by a sub-make of that run's profile, which shares
+    this run's stages with the same settings. A `shared` stage also depends on `parent`'s marker, and its
+    recipe links the parent's files (`runner stage --share-from`) instead of running the notebook.
     """
     lines = ["# Written by `python -m scoder_lib.pipeline.plan` from the stage table; do not edit.", ""]
     previous = None
@@ -77,6 +101,9 @@ def make_rules(run: Run) -> str:
         if ref.key == "05_final":
             deps += "".join(f" {m}" for m, _ in ablations)
         flag = f" --iteration {ref.iteration}" if ref.iteration else ""
+        if parent is not None and ref in (shared or []):
+            deps += f" {_marker(parent, ref, f'$(OUTPUTS)/{parent.name}')}"
+            flag += f" --share-from {parent.name}"
         lines += [f"{_marker(run, ref)}: {deps}", f"\t$(RUN_STAGE) --stage {ref.key}{flag}", ""]
         previous = ref
     for m, recipe in ablations:
@@ -97,7 +124,7 @@ def _ablation_rules(run: Run) -> list[tuple[str, str]]:
             out.append(
                 (
                     _marker(other, synthesizer_ref(other), f"$(OUTPUTS)/{arm.run}"),
-                    f"$(MAKE) --no-print-directory synthesizer PROFILE={arm.profile} RUN={arm.run}",
+                    f"$(MAKE) --no-print-directory synthesizer PROFILE={arm.profile} RUN={arm.run} SHARE_FROM=$(RUN)",
                 )
             )
     return out
@@ -184,8 +211,10 @@ def describe_arms(run: Run) -> str:
         if arm.data == "run" and arm.profile:
             other = load_config(arm.profile)
             changed = _changes(cfg.model_dump(mode="json"), other.model_dump(mode="json"))
+            same = same_settings(Run(arm.run or "", arm.profile, other), run)
             lines += [
                 f"  {'':<22} run '{arm.run}' = profile {arm.profile}; changes: {'; '.join(changed) or 'none'}",
+                f"  {'':<22} takes from this run (the same settings): {', '.join(r.id for r in same) or 'nothing'}",
                 f"  {'':<22} {sampling_rule(other)}",
                 f"  {'':<22} {keep_rule(other)}",
             ]
@@ -206,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = cli.parser("scoder_lib.pipeline.plan", __doc__)
     ap.add_argument("--profile", required=True, help="params/<profile>.yaml, or a path to a .yaml")
     ap.add_argument("--run", required=True, help="the run's folder name under outputs/")
+    ap.add_argument("--share-from", default=None, metavar="RUN", help="link this run's stages with the same settings")
     ap.add_argument("--dry-run", action="store_true", help="print the arms and the bill; write nothing else")
     ap.add_argument("--gpu", default="H100", choices=sorted(GPUS), help="the GPU the bill prices (dry run)")
     ap.add_argument("--assume", action="append", default=[], metavar="NAME=VALUE", help="override a guess of the bill")
@@ -213,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.dry_run:
         return cli.run(lambda: dry_run(args.profile, args.run, args.gpu, args.assume, args.json))
-    return cli.run(lambda: plan(args.profile, args.run))
+    return cli.run(lambda: plan(args.profile, args.run, args.share_from))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,12 @@ def _stage_block(run: Run, ref: StageRef) -> str:
         parts.append(f' <span class="wall">{_fmt(run.wall_s(ref))} s</span>')
     parts.append("</h2>")
     marker = read_json(folder / MARKER) if done else {}
+    if marker.get("shared_from"):
+        src = marker["shared_from"]
+        parts.append(
+            f'<p class="wall">taken from run <code>{html.escape(src["run"])}</code> (profile '
+            f"{html.escape(str(src['profile']))}; the same settings): its files, linked</p>"
+        )
     if marker.get("engines"):
         parts.append(f'<p class="wall">ran with: {html.escape(one_line(marker["engines"]))}</p>')
     if marker.get("isolation"):

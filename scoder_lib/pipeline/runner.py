@@ -1,6 +1,7 @@
 """The Makefile's entry point for work: execute one stage's notebook (the one papermill call), render reports.
 
     python -m scoder_lib.pipeline.runner stage --run tiny --stage 03_sample_score --iteration 1
+    python -m scoder_lib.pipeline.runner stage --run paper-m1 --stage 02_seed --share-from paper
     python -m scoder_lib.pipeline.runner report --run tiny
     python -m scoder_lib.pipeline.runner summary --run tiny
 
@@ -21,16 +22,23 @@ from scoder_lib.core.config import REPO_ROOT
 from scoder_lib.core.io import read_json, write_json
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.run import MARKER, STAGES, Run, StageRef
+from scoder_lib.pipeline import share
 from scoder_lib.pipeline.reports import render_html, write_index
 
 log = get_logger(__name__)
 
 
-def run_stage(name: str, key: str, iteration: int | None) -> int:
-    """Execute one stage notebook with papermill into outputs/<run>/notebooks, then render HTML."""
+def run_stage(name: str, key: str, iteration: int | None, share_from: str | None = None) -> int:
+    """Execute one stage notebook with papermill into outputs/<run>/notebooks, then render HTML; with
+    `share_from`, link the other run's finished stage instead (`share`: same settings, same files)."""
     run, ref = Run.open(name), StageRef(key, iteration)
     marker = run.marker(ref)
     marker.unlink(missing_ok=True)  # a stage that fails or is interrupted must not count as done
+    if share_from:
+        share.share(run, Run.open(share_from), ref)
+        write_index(run)
+        return 0
+    share.clear_shared(run, ref)
     executed = run.executed_notebook(ref)
     executed.parent.mkdir(parents=True, exist_ok=True)
     log.info("running notebooks/%s -> %s", ref.defn.notebook.name, executed)
@@ -115,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--run", required=True)
     s.add_argument("--stage", required=True, choices=[sd.key for sd in STAGES])
     s.add_argument("--iteration", type=int, default=None)
+    s.add_argument("--share-from", default=None, help="link this run's finished stage (the same settings)")
     for name in ("report", "summary"):
         sub.add_parser(name).add_argument("--run", required=True)
     args = ap.parse_args(argv)
     commands = {
-        "stage": lambda: run_stage(args.run, args.stage, args.iteration),
+        "stage": lambda: run_stage(args.run, args.stage, args.iteration, args.share_from),
         "summary": lambda: summary(args.run),
         "report": lambda: report(args.run),
     }

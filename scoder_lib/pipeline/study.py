@@ -33,7 +33,7 @@ PACKAGES = (
 
 def stage_walls(run: Run) -> pd.DataFrame:
     """Per stage: done, wall seconds, when it finished, what ran its models and training (backend,
-    launcher), and the isolation untrusted code ran under."""
+    launcher), the run it was taken from (`share`), and the isolation untrusted code ran under."""
     rows = []
     for ref in run.instances:
         marker = read_json(run.marker(ref)) if run.marker(ref).exists() else {}
@@ -44,6 +44,7 @@ def stage_walls(run: Run) -> pd.DataFrame:
                 "wall_s": run.wall_s(ref),
                 "finished_at": marker.get("finished_at"),
                 "ran_with": one_line(marker.get("engines", {})),
+                "taken_from": marker.get("shared_from", {}).get("run", ""),  # an ablation's shared stage
                 "isolation": marker.get("isolation", ""),
             }
         )

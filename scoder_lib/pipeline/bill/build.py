@@ -7,6 +7,7 @@ from typing import Any
 
 from scoder_lib.core.config import Config
 from scoder_lib.core.params import load_config
+from scoder_lib.core.run import Run
 from scoder_lib.pipeline.bill.assumptions import Assumptions, with_overrides
 from scoder_lib.pipeline.bill.constants import CPU_IMPORT_S, GPUS, KERNEL_START_S, Gpu
 from scoder_lib.pipeline.bill.context import Ctx
@@ -15,6 +16,7 @@ from scoder_lib.pipeline.bill.final import ArmSize, evaluate, final
 from scoder_lib.pipeline.bill.iterate import IterState, iteration
 from scoder_lib.pipeline.bill.stages import preprocess, report, seed_stage
 from scoder_lib.pipeline.bill.work import Work
+from scoder_lib.pipeline.share import same_settings
 
 UP_TO_SYNTHESIZER = ("01_preprocess", "02_seed", "03_sample_score", "04_influence")
 
@@ -62,7 +64,7 @@ def make_bill(
     cpu_sized = all(c.small(role) for role in ("synthesizer", "scorer", "student"))
     bill = Bill(profile, run, GPUS[gpu], a, works, arms, cpu_sized, c.warnings, cpu_warnings)
     if deps:
-        bill.dependencies = dependencies(cfg, gpu, assume or [])
+        bill.dependencies = dependencies(cfg, profile, run, gpu, assume or [])
     return bill
 
 
@@ -87,21 +89,28 @@ def count(c: Ctx) -> tuple[list[Work], list[ArmSize]]:
     return out, arms
 
 
-def dependencies(cfg: Config, gpu: str, assume: list[str]) -> list[dict[str, Any]]:
-    """Arms that read another run's final synthesizer: that run's bill up to 04 (what the arm needs)."""
+def dependencies(cfg: Config, profile: str, run: str, gpu: str, assume: list[str]) -> list[dict[str, Any]]:
+    """Arms that read another run's final synthesizer: that run's bill up to 04 (what the arm needs),
+    less the leading stages it takes from this run (`share.same_settings`: computed once, here)."""
     out = []
+    this = Run(run, profile, cfg)
     for arm in (a for a in cfg.final.arms if a.enabled and a.data == "run"):
-        other = make_bill(load_config(arm.profile or ""), arm.profile or "", arm.run or "", gpu, assume, deps=False)
+        other_cfg = load_config(arm.profile or "")
+        other = make_bill(other_cfg, arm.profile or "", arm.run or "", gpu, assume, deps=False)
+        shared = [ref.id for ref in same_settings(Run(arm.run or "", arm.profile or "", other_cfg), this)]
+        own = [s for s in other.stages() if s.split("@")[0] in UP_TO_SYNTHESIZER and s not in shared]
         out.append(
             {
                 "arm": arm.name,
                 "run": arm.run,
                 "profile": arm.profile,
-                "gpu_h_to_04": other.total("gpu_s", prefixes=UP_TO_SYNTHESIZER) / 3600,
+                "shared": shared,
+                "gpu_h_to_04": sum(other.total("gpu_s", stage=s) for s in own) / 3600,
                 "gpu_h_all": other.total("gpu_s") / 3600,
-                "cpu_h_to_04": other.total("cpu_s", prefixes=UP_TO_SYNTHESIZER) / 3600,
-                "disk_bytes_to_04": other.total("disk_bytes", prefixes=UP_TO_SYNTHESIZER),
-                "usd": other.teacher_usd,
+                "cpu_h_to_04": sum(other.total("cpu_s", stage=s) for s in own) / 3600,
+                "disk_bytes_to_04": sum(other.total("disk_bytes", stage=s) for s in own),
+                # the teacher is bought in 02: nothing more where 02 is taken from this run
+                "usd": 0.0 if "02_seed" in shared else other.teacher_usd,
             }
         )
     return out

@@ -96,10 +96,14 @@ def _footer(bill: Bill) -> list[str]:
         for z in bill.arms
     ]
     if bill.dependencies:
-        out.append("Runs this one reads (their stages 01-04; a full `make reproduce` of them costs the second figure):")
+        out.append(
+            "Runs this one reads (their stages 01-04, less those they take from this run; a full standalone "
+            "`make reproduce` of them costs the second figure):"
+        )
         out += [
             f"  {d['arm']:<24} run {d['run']} (profile {d['profile']}): {amount(d['gpu_h_to_04'])} GPU-h "
-            f"({amount(d['gpu_h_all'])} in full), {size(d['disk_bytes_to_04'])}, ${d['usd']:,.2f}"
+            f"({amount(d['gpu_h_all'])} in full), {size(d['disk_bytes_to_04'])}, ${d['usd']:,.2f}; "
+            f"takes {', '.join(d['shared']) or 'nothing'} from this run"
             for d in bill.dependencies
         ]
         extra = sum(d["gpu_h_to_04"] for d in bill.dependencies)
