@@ -89,6 +89,32 @@ def _bought_run(tmp_path, monkeypatch, smoke_cfg) -> tuple[Run, list[SeedSample]
     return run, bought
 
 
+def test_a_teacher_dataset_loses_its_copies_of_held_out_problems(tmp_path, monkeypatch):
+    """The rehearsal's shape: the dataset file is the whole seed file, held-out split included. The
+    teacher arm must not train a student on the problems the students are evaluated on."""
+    monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path / "outputs"))
+    seeds = "data/seed/seed_compact_v2.jsonl"
+    profile = tmp_path / "dataset.yaml"
+    profile.write_text(
+        f"inherit: smoke\nseed_stage:\n  teacher:\n    seed_file: {seeds}\n"
+        f"    dataset: {{path: {seeds}, dataset: null}}\n",
+        encoding="utf-8",
+    )
+    run = Run.for_profile(str(profile), "dataset")
+    data = teacher.load(run)
+    rows = arms.teacher_rows(run)
+    held = {r.problem for r in data.seeds.heldout}
+    assert len(held) >= 80 and not held & {r.problem for r in rows}
+    assert len(rows) == 2 * len(data.seeds.train)  # the committed split, and the dataset's training rows
+    # a copy with its names changed is caught too; an unrelated row stays
+    one = data.seeds.heldout[0]
+    renamed = one.solution.replace(one.entry_point, "renamed_entry")
+    copy = InstructionSample(one.problem.replace(one.entry_point, "renamed_entry"), renamed, "", "", "external", "")
+    other = InstructionSample("Return the sum of a list.", "def total(xs):\n    return sum(xs)", "", "", "external", "")
+    kept = teacher.without_heldout([copy, other], data.seeds.heldout, run.cfg.preprocess.decontam)
+    assert kept == [other]
+
+
 def test_bought_teacher_samples_reach_fit_targets_arm_and_costs(tmp_path, monkeypatch, smoke_cfg):
     run, bought = _bought_run(tmp_path, monkeypatch, smoke_cfg)
     data = teacher.load(run)

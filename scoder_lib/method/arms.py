@@ -44,7 +44,8 @@ def synthesizer_for(run: Run, arm: ArmOptions) -> str | None:
 
 
 def teacher_rows(run: Run) -> list[InstructionSample]:
-    """The teacher arm's rows: the run's teacher training data (committed + bought), then a dataset if any.
+    """The teacher arm's rows: the run's teacher training data (committed + bought), then a dataset if any
+    (less its rows that copy a held-out problem: `teacher.without_heldout`).
 
     Why no sandbox run for the seed samples: stage 02 ran every one against its own tests (and stops if
     one fails), and bought samples were kept only when they passed.
@@ -55,7 +56,10 @@ def teacher_rows(run: Run) -> list[InstructionSample]:
         s.status = "passed"
     rows = from_samples(samples, [r.snippet for r in data.train])
     t = run.cfg.seed_stage.teacher
-    return rows + (teacher.dataset_samples(t.dataset, run.cfg) if t.dataset is not None else [])
+    if t.dataset is None:
+        return rows
+    extra = teacher.dataset_samples(t.dataset, run.cfg)
+    return rows + teacher.without_heldout(extra, data.seeds.heldout, run.cfg.preprocess.decontam)
 
 
 def synthesize_arm(run: Run, arm: ArmOptions, snippets: list[str]) -> list[Sample]:

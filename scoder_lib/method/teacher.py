@@ -14,11 +14,12 @@ from typing import Any
 
 import datasets
 
-from scoder_lib.core.config import Config, TeacherDataset
+from scoder_lib.core.config import Config, DecontamOptions, TeacherDataset
 from scoder_lib.core.io import read_json, write_json
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.records import InstructionSample, SeedSample, read_records, write_records
 from scoder_lib.core.run import Run
+from scoder_lib.data.decontam import Decontaminator
 from scoder_lib.data.pool import allocate, snippet_key
 from scoder_lib.llm.generator import Generator, generator
 from scoder_lib.method import seed as seedset
@@ -139,6 +140,27 @@ def dataset_samples(opts: TeacherDataset, cfg: Config) -> list[InstructionSample
     return [
         InstructionSample(r[opts.problem_field], code_of(r[opts.solution_field]), "", "", "external", "") for r in ds
     ]
+
+
+def without_heldout(
+    rows: list[InstructionSample], heldout: list[SeedSample], opts: DecontamOptions
+) -> list[InstructionSample]:
+    """A teacher dataset's rows less those that copy a held-out teacher problem (its statement or its
+    solution), by the decontamination rules used against the benchmarks.
+
+    Why: the held-out problems are the students' in-distribution yardstick. Synthesized arms never see
+    them (their snippets come from other source files), and the teacher arm's committed part is the
+    training split; a dataset file has no such provenance (the rehearsal's is the whole seed file), so it
+    is checked by its content."""
+    if not rows or not heldout:
+        return rows
+    dc = Decontaminator([("heldout", r.id, t) for r in heldout for t in (r.problem, r.solution)], opts)
+    keep = [r for r in rows if dc.check(f"{r.problem}\n{r.solution}") is None]
+    if len(keep) < len(rows):
+        log.warning(
+            "teacher dataset: %d of %d rows copy a held-out teacher problem: left out", len(rows) - len(keep), len(rows)
+        )
+    return keep
 
 
 def code_of(solution: str) -> str:
