@@ -15,7 +15,8 @@ from scoder_lib.core.run import MARKER, Run, StageRef
 from scoder_lib.pipeline.bill.build import UP_TO_SYNTHESIZER, make_bill
 from scoder_lib.pipeline.plan import make_rules, parent_run
 from scoder_lib.pipeline.reports import write_index
-from scoder_lib.pipeline.share import clear_shared, is_shared, same_settings, share, shareable
+from scoder_lib.pipeline.share import clear_shared, is_shared, same_settings, share, shareable, stale
+from scoder_lib.pipeline.stage import Stage
 
 P01, P02, P03 = StageRef("01_preprocess"), StageRef("02_seed"), StageRef("03_sample_score", 1)
 P04 = StageRef("04_influence", 1)
@@ -103,11 +104,31 @@ def test_a_stage_that_runs_itself_drops_the_links_not_the_method_runs_files(runs
     clear_shared(ablation, P02)
     assert not ablation.stage_dir("02_seed").exists()
     assert (parent.stage_dir("02_seed") / "enhanced" / "ckpt-2" / "adapter.bin").read_text() == "weights"
+    # the notebook's own handle does it too (a user stepping through it in JupyterLab), then writes its own
+    share(ablation, parent, P02)
+    st = Stage(ablation, "02_seed")
+    assert not is_shared(st.dir) and not st.run.marker(P02).exists()
+    st.path("metrics.json").write_text("{}", encoding="utf-8")
+    assert read_json(parent.stage_dir("02_seed") / "metrics.json") == {"n": 1}
     own = _finish(ablation, P01, {"pool.jsonl": "own\n"})
     clear_shared(ablation, P01)  # a folder of its own stays
     assert (own / "pool.jsonl").read_text() == "own\n"
     share(ablation, parent, P01)  # make found it stale: the method run's replaces it
     assert (own / "pool.jsonl").is_symlink() and (own / "pool.jsonl").read_text() == '{"key": "a"}\n'
+
+
+def test_a_shared_stage_whose_source_changed_is_planned_again(runs):
+    parent, ablation = runs
+    for ref in (P01, P02):
+        share(ablation, parent, ref)
+    assert stale(ablation) == []
+    _finish(parent, P02, {"synthesizer.json": '{"final": "ckpt-4"}'}, settings_hash=parent.settings_hash(P02))
+    write_json(parent.marker(P02), read_json(parent.marker(P02)) | {"finished_at": "later"})  # computed again
+    assert stale(ablation) == [P02]
+    _finish(parent, P02, {}, settings_hash="other settings")
+    assert stale(ablation) == [P02]
+    parent.marker(P01).unlink()  # gone there
+    assert stale(ablation) == [P01, P02]
 
 
 def test_make_rules_link_shared_stages_and_wait_for_the_method_runs_markers(runs):

@@ -23,10 +23,10 @@ from scoder_lib.core.params import load_config
 from scoder_lib.core.run import MARKER, Run, StageRef, outputs_root
 from scoder_lib.llm.base import require_backend
 from scoder_lib.method import arm_specs
+from scoder_lib.pipeline import share
 from scoder_lib.pipeline.bill.build import make_bill
 from scoder_lib.pipeline.bill.constants import GPUS
 from scoder_lib.pipeline.bill.render import render, to_json
-from scoder_lib.pipeline.share import same_settings, shareable
 from scoder_lib.sandbox.isolation import banner
 
 log = get_logger(__name__)
@@ -40,7 +40,7 @@ def plan(profile: str, name: str, share_from: str | None = None) -> int:
     parent = shared = None
     if share_from:
         parent = parent_run(share_from)
-        shared = shareable(run, parent)
+        shared = share.shareable(run, parent)
         log.info(
             "run %s takes from run %s (the same settings, finished there): %s; runs itself: the rest",
             run.name,
@@ -48,6 +48,9 @@ def plan(profile: str, name: str, share_from: str | None = None) -> int:
             ", ".join(ref.id for ref in shared) or "nothing",
         )
     run.stamps.mkdir(parents=True, exist_ok=True)
+    for ref in share.stale(run):
+        log.warning("stage %s was taken from another run whose stage has changed since: it is redone", ref.id)
+        run.marker(ref).unlink()
     if not (run.dir / "run.json").exists():
         write_json(run.dir / "run.json", {"profile": run.profile, "run": run.name})
     _write_if_changed(run.dir / "params.resolved.json", run.params_json() + "\n")
@@ -211,7 +214,7 @@ def describe_arms(run: Run) -> str:
         if arm.data == "run" and arm.profile:
             other = load_config(arm.profile)
             changed = _changes(cfg.model_dump(mode="json"), other.model_dump(mode="json"))
-            same = same_settings(Run(arm.run or "", arm.profile, other), run)
+            same = share.same_settings(Run(arm.run or "", arm.profile, other), run)
             lines += [
                 f"  {'':<22} run '{arm.run}' = profile {arm.profile}; changes: {'; '.join(changed) or 'none'}",
                 f"  {'':<22} takes from this run (the same settings): {', '.join(r.id for r in same) or 'nothing'}",

@@ -22,7 +22,7 @@ from typing import Any
 from scoder_lib.core.config import ConfigError
 from scoder_lib.core.io import read_json, write_json
 from scoder_lib.core.logs import get_logger
-from scoder_lib.core.run import MARKER, Run, StageRef
+from scoder_lib.core.run import MARKER, Run, StageRef, outputs_root
 
 log = get_logger(__name__)
 
@@ -55,6 +55,23 @@ def shareable(run: Run, parent: Run) -> list[StageRef]:
         if not marker.exists() or read_json(marker).get("settings_hash") != run.settings_hash(ref):
             break
         out.append(ref)
+    return out
+
+
+def stale(run: Run) -> list[StageRef]:
+    """`run`'s shared stages whose source changed since they were taken: the other run's marker is gone,
+    or records other settings or another finish (the stage was computed again there). `plan` deletes
+    their markers, so make takes them again or computes them, and everything after them."""
+    out = []
+    for ref in run.instances:
+        ours = read_json(run.marker(ref)) if run.marker(ref).exists() else {}
+        if SHARED not in ours:
+            continue
+        path = outputs_root() / ours[SHARED]["run"] / run.marker(ref).relative_to(run.dir)
+        theirs = read_json(path) if path.exists() else {}
+        taken = (run.settings_hash(ref), ours.get("finished_at"))
+        if (theirs.get("settings_hash"), theirs.get("finished_at")) != taken:
+            out.append(ref)
     return out
 
 

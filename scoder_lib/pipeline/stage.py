@@ -17,6 +17,7 @@ from scoder_lib.core.io import write_json
 from scoder_lib.core.logs import get_logger, setup_logging
 from scoder_lib.core.run import MARKER, Run, StageRef
 from scoder_lib.pipeline.engines import stage_engines
+from scoder_lib.pipeline.share import clear_shared
 from scoder_lib.sandbox.isolation import isolation_in_force, summary
 
 log = get_logger(__name__)
@@ -32,6 +33,7 @@ class Stage:
         self.key, self.iteration = key, self.ref.iteration
         self.cfg = self.run.cfg
         self.dir = self.run.stage_dir(key, self.iteration)
+        clear_shared(self.run, self.ref)  # a stage taken from another run, now computed here (JupyterLab too)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.figures = self.dir / "figures"
         self.started = time.monotonic()
