@@ -90,8 +90,8 @@ def _bought_run(tmp_path, monkeypatch, smoke_cfg) -> tuple[Run, list[SeedSample]
 
 
 def test_a_teacher_dataset_loses_its_copies_of_held_out_problems(tmp_path, monkeypatch):
-    """The rehearsal's shape: the dataset file is the whole seed file, held-out split included. The
-    teacher arm must not train a student on the problems the students are evaluated on."""
+    """A profile whose teacher dataset is its own seed file, held-out split included: the teacher arm
+    must not train a student on the problems the students are evaluated on."""
     monkeypatch.setenv("SCODER_OUTPUTS", str(tmp_path / "outputs"))
     seeds = "data/seed/seed_compact_v2.jsonl"
     profile = tmp_path / "dataset.yaml"

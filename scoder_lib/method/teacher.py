@@ -150,8 +150,8 @@ def without_heldout(
 
     Why: the held-out problems are the students' in-distribution yardstick. Synthesized arms never see
     them (their snippets come from other source files), and the teacher arm's committed part is the
-    training split; a dataset file has no such provenance (the rehearsal's is the whole seed file), so it
-    is checked by its content."""
+    training split; a dataset file has no such provenance (it may even be the run's own seed file, held-out
+    split included), so it is checked by its content."""
     if not rows or not heldout:
         return rows
     dc = Decontaminator([("heldout", r.id, t) for r in heldout for t in (r.problem, r.solution)], opts)
