@@ -13,7 +13,7 @@ from scoder_lib.core.io import read_json, write_json
 from scoder_lib.core.params import load_config
 from scoder_lib.core.run import MARKER, Run, StageRef
 from scoder_lib.pipeline.bill.build import UP_TO_SYNTHESIZER, make_bill
-from scoder_lib.pipeline.plan import make_rules, parent_run
+from scoder_lib.pipeline.plan import make_rules, parent_run, plan
 from scoder_lib.pipeline.reports import write_index
 from scoder_lib.pipeline.share import clear_shared, is_shared, same_settings, share, shareable, stale
 from scoder_lib.pipeline.stage import Stage
@@ -79,6 +79,19 @@ def test_only_what_the_method_run_finished_under_these_settings_is_shared(runs):
         shareable(parent, parent)
 
 
+def test_nothing_is_taken_after_a_stage_the_ablation_computed_itself(runs):
+    """Its own 02 (a rerun in JupyterLab, a run without SHARE_FROM) must not be paired with the method
+    run's 03: the prefix ends there, and 01 stays takeable only while it is not its own either."""
+    parent, ablation = runs
+    share(ablation, parent, P01)
+    _finish(ablation, P02, {"synthesizer.json": '{"final": "own"}'})
+    assert shareable(ablation, parent) == [P01]
+    with pytest.raises(ConfigError, match="cannot be shared"):
+        share(ablation, parent, P03)
+    _finish(ablation, P01, {"pool.jsonl": "own\n"})
+    assert shareable(ablation, parent) == []
+
+
 def test_share_links_the_files_and_writes_a_marker_of_its_own(runs):
     parent, ablation = runs
     theirs = parent.marker(P02).read_text(encoding="utf-8")
@@ -113,7 +126,10 @@ def test_a_stage_that_runs_itself_drops_the_links_not_the_method_runs_files(runs
     own = _finish(ablation, P01, {"pool.jsonl": "own\n"})
     clear_shared(ablation, P01)  # a folder of its own stays
     assert (own / "pool.jsonl").read_text() == "own\n"
-    share(ablation, parent, P01)  # make found it stale: the method run's replaces it
+    with pytest.raises(ConfigError, match="cannot be shared"):
+        share(ablation, parent, P01)  # a finished stage of its own is not replaced
+    ablation.marker(P01).unlink()  # an own run of it that did not finish: the method run's replaces it
+    share(ablation, parent, P01)
     assert (own / "pool.jsonl").is_symlink() and (own / "pool.jsonl").read_text() == '{"key": "a"}\n'
 
 
@@ -129,6 +145,17 @@ def test_a_shared_stage_whose_source_changed_is_planned_again(runs):
     assert stale(ablation) == [P02]
     parent.marker(P01).unlink()  # gone there
     assert stale(ablation) == [P01, P02]
+
+
+def test_plan_drops_a_stale_share_and_takes_the_stage_again(runs, tmp_path):
+    parent, ablation = runs
+    for ref in (P01, P02):
+        share(ablation, parent, ref)
+    write_json(parent.marker(P02), read_json(parent.marker(P02)) | {"finished_at": "later"})  # computed again
+    assert plan(ablation.profile, ablation.name, share_from="method") == 0
+    assert ablation.marker(P01).exists() and not ablation.marker(P02).exists()
+    rules = (ablation.stamps / "plan.mk").read_text(encoding="utf-8")
+    assert "\t$(RUN_STAGE) --stage 02_seed --share-from method" in rules  # the same settings: taken again
 
 
 def test_make_rules_link_shared_stages_and_wait_for_the_method_runs_markers(runs):
@@ -147,6 +174,9 @@ def test_ablation_arms_pass_their_run_as_the_one_to_share_from():
     rules = make_rules(Run("paper", "paper", load_config("paper")))
     sub_make = "\t$(MAKE) --no-print-directory synthesizer PROFILE=paper_ablation_m1 RUN=paper-m1 SHARE_FROM=$(RUN)"
     assert sub_make in rules
+    # under make -j, each sub-make waits (order-only) for the stages it may take
+    wait = "$(OUTPUTS)/paper-noinfluence/iter_3/04_influence/_SUCCESS.json: FORCE | $(OUT)/01_preprocess/_SUCCESS.json "
+    assert wait + "$(OUT)/02_seed/_SUCCESS.json $(OUT)/iter_1/03_sample_score/_SUCCESS.json\n" in rules
 
 
 def test_the_bill_charges_an_ablation_only_for_the_stages_it_computes():

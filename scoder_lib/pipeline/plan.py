@@ -37,6 +37,9 @@ def plan(profile: str, name: str, share_from: str | None = None) -> int:
     `share_from`: the run this one ablates; its leading stages with the same settings are linked."""
     run = Run.for_profile(profile, name)  # raises ConfigError before anything is written
     check_backends(run)
+    for ref in share.stale(run):  # first: a stage whose marker goes here may be taken again below
+        log.warning("stage %s was taken from another run whose stage has changed since: it is redone", ref.id)
+        run.marker(ref).unlink()
     parent = shared = None
     if share_from:
         parent = parent_run(share_from)
@@ -47,10 +50,15 @@ def plan(profile: str, name: str, share_from: str | None = None) -> int:
             parent.name,
             ", ".join(ref.id for ref in shared) or "nothing",
         )
+        if missed := [ref.id for ref in share.same_settings(run, parent) if ref not in shared]:
+            log.warning(
+                "run %s computes %s itself although run %s has the same settings: not finished there, or "
+                "already computed here (delete those stages' markers here to take them)",
+                run.name,
+                ", ".join(missed),
+                parent.name,
+            )
     run.stamps.mkdir(parents=True, exist_ok=True)
-    for ref in share.stale(run):
-        log.warning("stage %s was taken from another run whose stage has changed since: it is redone", ref.id)
-        run.marker(ref).unlink()
     if not (run.dir / "run.json").exists():
         write_json(run.dir / "run.json", {"profile": run.profile, "run": run.name})
     _write_if_changed(run.dir / "params.resolved.json", run.params_json() + "\n")
@@ -102,15 +110,16 @@ def make_rules(run: Run, parent: Run | None = None, shared: list[StageRef] | Non
     for ref in run.instances:
         deps = f"$(STAMPS)/{ref.stamp}" + (f" {_marker(run, previous)}" if previous else "")
         if ref.key == "05_final":
-            deps += "".join(f" {m}" for m, _ in ablations)
+            deps += "".join(f" {m}" for m, _, _ in ablations)
         flag = f" --iteration {ref.iteration}" if ref.iteration else ""
         if parent is not None and ref in (shared or []):
             deps += f" {_marker(parent, ref, f'$(OUTPUTS)/{parent.name}')}"
             flag += f" --share-from {parent.name}"
         lines += [f"{_marker(run, ref)}: {deps}", f"\t$(RUN_STAGE) --stage {ref.key}{flag}", ""]
         previous = ref
-    for m, recipe in ablations:
-        lines += [f"{m}: FORCE", f"\t{recipe}", ""]
+    for m, recipe, wait in ablations:
+        # order-only: under make -j the sub-make starts only once the stages it may take have finished
+        lines += [f"{m}: FORCE" + (f" | {' '.join(wait)}" if wait else ""), f"\t{recipe}", ""]
     lines += [
         f"FINAL_MARKER := {_marker(run, run.instances[-1])}",
         f"SYNTHESIZER_MARKER := {_marker(run, synthesizer_ref(run))}",
@@ -118,8 +127,9 @@ def make_rules(run: Run, parent: Run | None = None, shared: list[StageRef] | Non
     return "\n".join(lines) + "\n"
 
 
-def _ablation_rules(run: Run) -> list[tuple[str, str]]:
-    """(marker of the other run's final synthesizer, the sub-make that builds it) per arm fed by a run."""
+def _ablation_rules(run: Run) -> list[tuple[str, str, list[str]]]:
+    """Per arm fed by a run: the marker of that run's final synthesizer, the sub-make that builds it, and
+    this run's markers of the stages it may take (`share.same_settings`)."""
     out = []
     for arm in run.cfg.final.arms:
         if arm.enabled and arm.data == "run" and arm.run and arm.profile:
@@ -128,6 +138,7 @@ def _ablation_rules(run: Run) -> list[tuple[str, str]]:
                 (
                     _marker(other, synthesizer_ref(other), f"$(OUTPUTS)/{arm.run}"),
                     f"$(MAKE) --no-print-directory synthesizer PROFILE={arm.profile} RUN={arm.run} SHARE_FROM=$(RUN)",
+                    [_marker(run, ref) for ref in share.same_settings(other, run)],
                 )
             )
     return out

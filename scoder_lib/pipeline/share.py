@@ -46,13 +46,18 @@ def same_settings(run: Run, parent: Run) -> list[StageRef]:
 
 def shareable(run: Run, parent: Run) -> list[StageRef]:
     """The leading stages of `run` that `parent` has finished with the same settings: what `share` may link.
-    A stage the parent has not finished (or finished under other settings) ends the list."""
+    A stage the parent has not finished (or finished under other settings) ends the list, and so does one
+    that `run` finished itself: a stage taken after one of its own would pair its own synthesizer with the
+    other run's candidates."""
     if parent.dir.resolve() == run.dir.resolve():
         raise ConfigError(f"run '{run.name}' cannot share stages with itself: SHARE_FROM names another run")
     out: list[StageRef] = []
     for ref in same_settings(run, parent):
         marker = parent.marker(ref)
         if not marker.exists() or read_json(marker).get("settings_hash") != run.settings_hash(ref):
+            break
+        ours = read_json(run.marker(ref)) if run.marker(ref).exists() else None
+        if ours is not None and ours.get(SHARED, {}).get("run") != parent.name:
             break
         out.append(ref)
     return out
@@ -81,16 +86,15 @@ def is_shared(folder: Path) -> bool:
 
 
 def clear_shared(run: Run, ref: StageRef) -> None:
-    """Before a stage runs itself: drop what `share` linked (the folder, the executed notebook, the
-    report), so that nothing it writes goes through a link into the other run's files. rmtree and
-    unlink remove the links, never what they point to."""
+    """Before a stage runs itself: drop what `share` linked (the folder, the report), so that nothing it
+    writes goes through a link into the other run's files. rmtree and unlink remove the links, never
+    what they point to."""
     folder = run.stage_dir(ref.key, ref.iteration)
     if is_shared(folder):
         log.info("%s held another run's files (shared); removing the links before the stage runs", folder)
         shutil.rmtree(folder)
-    for path in (run.executed_notebook(ref), run.report(ref)):
-        if path.is_symlink():
-            path.unlink()
+    if run.report(ref).is_symlink():
+        run.report(ref).unlink()
 
 
 def _link(target: Path, link: Path) -> None:
@@ -102,9 +106,11 @@ def _link(target: Path, link: Path) -> None:
 
 
 def share(run: Run, parent: Run, ref: StageRef) -> dict[str, Any]:
-    """Make `run`'s stage `ref` the parent's: a link to each of its files, its executed notebook and
-    report, and a marker of `run`'s own (the parent's, with `shared_from`). Refuses a stage the parent
-    has not finished or finished under other settings."""
+    """Make `run`'s stage `ref` the parent's: a link to each of its files and to its HTML report, and a
+    marker of `run`'s own (the parent's, with `shared_from`). Refuses what `shareable` leaves out.
+
+    Why not the executed notebook too: its parameters name the other run, so running it (or saving it,
+    which follows the link) in JupyterLab would rewrite that run's stage; its report shows the same."""
     if ref not in shareable(run, parent):
         raise ConfigError(
             f"stage {ref.id} of run '{run.name}' cannot be shared with run '{parent.name}': the stages up to it "
@@ -119,9 +125,8 @@ def share(run: Run, parent: Run, ref: StageRef) -> dict[str, Any]:
     for entry in sorted(src.iterdir()):
         if entry.name != MARKER:
             _link(entry, dst / entry.name)
-    for where in (Run.executed_notebook, Run.report):  # the stage's log and HTML report
-        if where(parent, ref).exists():
-            _link(where(parent, ref), where(run, ref))
+    if parent.report(ref).exists():
+        _link(parent.report(ref), run.report(ref))
     marker = read_json(parent.marker(ref))
     marker.update(
         run=run.name,
