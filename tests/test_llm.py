@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import live_stat
 
 from scoder_lib.core.config import ConfigError, LoraOptions, ModelSpec, Sampling, TrainOptions
 from scoder_lib.llm.base import GenRequest
 from scoder_lib.llm.generator import Generator, make_backend
 from scoder_lib.llm.models import load, prepare
+from scoder_lib.llm.worker import stop_workers
 from scoder_lib.method.rating import RatingPrompt, make_rater
 from scoder_lib.method.train import IGNORE, Example, _build_model, encode, load_moments, save_points, sft
 
@@ -203,6 +207,29 @@ def test_sft_under_a_launcher_matches_in_process(micro, cache_dir, tmp_path):
     )
     assert launched.steps == local.steps and np.allclose([x for _, x in launched.losses], [x for _, x in local.losses])
     assert (launched.final / "moments.safetensors").exists()
+
+
+def test_stopping_a_worker_leaves_none_of_its_processes(micro, cache_dir, tmp_path):
+    """What the worker starts (vLLM's EngineCore) must not outlive it, even when it does not exit on its
+    own: here a child that ignores SIGTERM and SIGINT and sleeps, started beside the worker's interpreter."""
+    pids = tmp_path / "child.pid"
+    python = tmp_path / "python"
+    python.write_text(
+        f"#!/bin/sh\n(trap '' TERM INT; exec sleep 600) &\necho $! > {pids}\nexec {sys.executable} \"$@\"\n",
+        encoding="utf-8",
+    )
+    python.chmod(0o755)
+    backend = make_backend(micro.model_copy(update={"python": str(python)}), cache_dir)
+    assert backend.generate([_chat(PROMPTS[0])])[0].texts
+    child = int(pids.read_text())
+    assert live_stat(child) is not None
+    own_group = os.getpgid(backend.proc.pid) != os.getpgid(0)
+    stop_workers()
+    deadline = time.monotonic() + 10
+    while live_stat(child) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_stat(child) is None, "a process of the worker outlived it"
+    assert own_group  # so a SIGINT to this process's group (a kernel shutting down) does not reach it
 
 
 def test_a_backend_in_a_worker_process_gives_the_same_outputs(micro, cache_dir):

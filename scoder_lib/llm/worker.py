@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -51,12 +52,19 @@ class _Worker:
     def __init__(self, python: str):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
         self.python = python
+        # Its own process group, for it and what it starts (vLLM's EngineCore and its workers). Why: when a
+        # notebook's kernel shuts down, the kernel's group gets SIGINT; the worker died of it before this
+        # process could stop it, and its EngineCore, mid-shutdown, outlived both (seen after `make
+        # rehearse`: an orphaned EngineCore holding its memory; on a GPU, the next engine's memory).
+        # Stopped through the pipe instead (or by end of input when this process dies), then `stop`
+        # kills whatever of its group is left.
         self.proc = subprocess.Popen(
             [python, "-m", "scoder_lib.llm.worker_main"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             cwd=REPO_ROOT,
+            start_new_session=True,
         )
         self.lock = threading.Lock()
         self.handles = itertools.count(1)
@@ -73,10 +81,14 @@ class _Worker:
         return reply["ok"]
 
     def stop(self) -> None:
+        """Ask the worker to close its backends and exit, then kill what is left of its process group
+        (an engine process stuck in its shutdown). Before `wait` reaps the worker, its pid, which is the
+        group's id, cannot be reused."""
         if self.proc.poll() is None:
             with contextlib.suppress(OSError, RuntimeError, TimeoutError):
                 self.call({"exit": True}, 120.0)
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
 
