@@ -230,6 +230,19 @@ def test_stopping_a_worker_leaves_none_of_its_processes(micro, cache_dir, tmp_pa
         time.sleep(0.1)
     assert live_stat(child) is None, "a process of the worker outlived it"
     assert own_group  # so a SIGINT to this process's group (a kernel shutting down) does not reach it
+    # a worker that died on its own: the next backend that asks for one clears what it left
+    backend = make_backend(micro.model_copy(update={"python": str(python)}), cache_dir)
+    child = int(pids.read_text())
+    os.kill(backend.proc.pid, 9)
+    backend.proc.wait()
+    try:
+        make_backend(micro.model_copy(update={"python": str(python)}), cache_dir)
+        deadline = time.monotonic() + 10
+        while live_stat(child) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live_stat(child) is None, "a dead worker's process outlived it"
+    finally:
+        stop_workers()
 
 
 def test_a_backend_in_a_worker_process_gives_the_same_outputs(micro, cache_dir):

@@ -98,6 +98,8 @@ _WORKERS: dict[str, _Worker] = {}
 def _worker(python: str) -> _Worker:
     w = _WORKERS.get(python)
     if w is None or w.proc.poll() is not None:
+        if w is not None:
+            w.stop()  # a worker that died: what it started may live on in its group
         w = _WORKERS[python] = _Worker(python)
     return w
 
