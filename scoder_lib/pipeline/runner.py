@@ -38,7 +38,6 @@ def run_stage(name: str, key: str, iteration: int | None, share_from: str | None
         share.share(run, Run.open(share_from), ref)
         write_index(run)
         return 0
-    share.clear_shared(run, ref)
     executed = run.executed_notebook(ref)
     executed.parent.mkdir(parents=True, exist_ok=True)
     log.info("running notebooks/%s -> %s", ref.defn.notebook.name, executed)

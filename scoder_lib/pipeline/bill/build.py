@@ -109,8 +109,7 @@ def dependencies(cfg: Config, profile: str, run: str, gpu: str, assume: list[str
                 "gpu_h_all": other.total("gpu_s") / 3600,
                 "cpu_h_to_04": sum(other.total("cpu_s", stage=s) for s in own) / 3600,
                 "disk_bytes_to_04": sum(other.total("disk_bytes", stage=s) for s in own),
-                # the teacher is bought in 02: nothing more where 02 is taken from this run
-                "usd": 0.0 if "02_seed" in shared else other.teacher_usd,
+                "usd": sum(other.total("usd", stage=s) for s in own),  # the teacher is bought in 02
             }
         )
     return out
