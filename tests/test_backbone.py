@@ -53,6 +53,18 @@ def _write(tmp_path: Path, data: dict) -> Path:
             {"synthesizer": {"name": "micro"}, "preprocess": {"sources": [{"kind": "folder", "path": "/nope/x"}]}},
             "does not exist",
         ),
+        (
+            {"synthesizer": {"name": "micro"}, "evaluate": {"livecodebench_folder": "x"}},
+            "'evaluate.livecodebench_folder' has moved: write it as 'benchmarks.livecodebench_folder'",
+        ),
+        (
+            {"synthesizer": {"name": "micro"}, "evaluate": {"benchmarks": ["humaneval", "livecodebench"]}},
+            "key 'evaluate.benchmarks' names livecodebench: set benchmarks.livecodebench_folder",
+        ),
+        (
+            {"synthesizer": {"name": "micro"}, "benchmarks": {"livecodebench_folder": "/nope/lcb"}},
+            "'benchmarks.livecodebench_folder': folder '/nope/lcb' does not exist",
+        ),
     ],
 )
 def test_bad_params_fail_with_one_line(tmp_path, data, needle):

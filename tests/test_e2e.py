@@ -36,6 +36,10 @@ def _markers(run: Path) -> dict[str, float]:
     return {str(p.relative_to(run)): p.stat().st_mtime for p in run.rglob(MARKER)}
 
 
+def _marker(run: Path, rel: str) -> dict:
+    return json.loads((run / rel).read_text())
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Run smoke, interrupt it once iteration 2 has started, check nothing half-done counts, resume."""
@@ -66,6 +70,9 @@ def test_smoke_completes_after_resume(smoke_run):
     # finished stages were not redone: their markers are untouched
     assert all(after[k] == v for k, v in before.items())
     assert "up to date: 01_preprocess, 02_seed, 03_sample_score@1, 04_influence@1" in log
+    # every stage read only config sections its settings hash (or an earlier stage's) covers
+    markers = {k: _marker(run, k) for k in after}
+    assert not {k: m["config_reads_outside_hash"] for k, m in markers.items() if "config_reads_outside_hash" in m}
     metrics = json.loads((run / "06_evaluate" / "metrics.json").read_text())
     assert metrics["models"] >= 1 and (run / "reports" / "index.html").exists()
 

@@ -396,7 +396,7 @@ def test_evalplus_canonical_solutions_in_full(benchmark: str, bench_folder: tupl
     assert broken["base"]["pass@1"] == 0.0 and broken["plus"]["pass@1"] == 0.0
 
 
-def test_decontamination_covers_livecodebench_when_configured(tmp_path: Path, smoke_cfg) -> None:
+def test_livecodebench_decontamination_and_evaluation_read_one_folder(tmp_path: Path, smoke_cfg) -> None:
     question = (
         "Given an array of distinct integers, return the length of the longest strictly increasing run "
         "of consecutive elements, or zero when the array is empty."
@@ -419,14 +419,19 @@ def test_decontamination_covers_livecodebench_when_configured(tmp_path: Path, sm
     cfg = smoke_cfg.model_copy(
         update={
             "preprocess": smoke_cfg.preprocess.model_copy(update={"decontam": decontam}),
-            "evaluate": smoke_cfg.evaluate.model_copy(update={"livecodebench_folder": str(tmp_path)}),
+            "benchmarks": smoke_cfg.benchmarks.model_copy(update={"livecodebench_folder": str(tmp_path)}),
         }
     )
     dc = build(cfg)
     assert dc.check(f"{question}\ndef f(xs):\n    return 0\n") is not None  # an instruction sample's problem
     assert dc.check("def area(w, h):\n    return w * h\n") is None
     with pytest.raises(ConfigError, match="livecodebench_folder"):
-        build(cfg.model_copy(update={"evaluate": smoke_cfg.evaluate}))
+        build(cfg.model_copy(update={"benchmarks": smoke_cfg.benchmarks}))
+    # Evaluation reads the same files: stage 06's tasks come from that folder, not benchmarks.folder
+    tasks, skipped = chosen_tasks(cfg, "livecodebench")
+    assert [t.task_id for t in tasks] == ["q1"] and skipped == 0
+    with pytest.raises(ConfigError, match="livecodebench_folder"):
+        chosen_tasks(cfg.model_copy(update={"benchmarks": smoke_cfg.benchmarks}), "livecodebench")
 
 
 def test_mbpp_base_is_read_off_mbpp_plus_base_verdicts():

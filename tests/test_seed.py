@@ -9,6 +9,7 @@ import os
 import pytest
 
 from scoder_lib.core.config import REPO_ROOT, ExecutionOptions, ModelSpec, OpenAIOptions, Sampling
+from scoder_lib.core.io import write_json
 from scoder_lib.core.params import load_config
 from scoder_lib.core.records import SeedSample
 from scoder_lib.data.decontam import build
@@ -55,17 +56,24 @@ def test_compact_responses_are_short_for_a_small_synthesizer(micro_ref):
     _, tok = load(micro_ref)
     lengths = sorted(seed.response_tokens(tok, seed.load(COMPACT_FILE).rows))
     assert lengths[len(lengths) // 2] <= 250 and lengths[-1] <= 400
-    limits = seed.sampling_limits(load_config("tiny"))
-    assert len(limits) == 3 and seed.cut_at_limits(lengths, limits) == {name: 0.0 for name in limits}
+    cfg = load_config("tiny")
+    limits = {
+        "yardstick": cfg.seed_stage.compare_sampling.max_new_tokens,
+        "iterations": cfg.iterate.sampling.max_new_tokens,
+        "final": cfg.final.sampling.max_new_tokens,
+    }
+    assert seed.cut_at_limits(lengths, limits) == {name: 0.0 for name in limits}
 
 
-def test_cut_at_limits_counts_responses_longer_than_each_limit(caplog):
+def test_cut_at_limits_counts_responses_longer_than_each_limit(caplog, tmp_path):
     lengths = [100, 200, 300, 320, 321, 398]
     with caplog.at_level("WARNING", logger="scoder.method.seed"):
         shares = seed.cut_at_limits(lengths, {"a": 320, "b": 400, "c": 99})
     assert shares == {"a": 2 / 6, "b": 0.0, "c": 1.0}  # a response of exactly the limit fits
     assert [r.getMessage().split()[0] for r in caplog.records] == ["a", "c"]
     assert seed.cut_at_limits([], {"a": 1}) == {"a": 0.0}
+    write_json(tmp_path / seed.RESPONSE_TOKENS, lengths)  # as stage 02 writes them, read by 03 and 05
+    assert seed.cut_by_limit(tmp_path, "iterations", 320) == 2 / 6
 
 
 def test_every_seed_sample_passes_its_tests_in_the_sandbox(seeds):

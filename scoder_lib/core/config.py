@@ -5,59 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import model_validator
 
+from scoder_lib.core import reads
+from scoder_lib.core.engine_options import LlamaCppOptions, OpenAIOptions, VllmOptions
 from scoder_lib.core.hashing import fingerprint
+from scoder_lib.core.section import ConfigError as ConfigError  # re-exported: errors are raised as config's
+from scoder_lib.core.section import Section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class ConfigError(ValueError):
-    """A params problem, phrased as one line: file, key, what is allowed."""
-
-
-class Section(BaseModel):
-    # Why strict + forbid: a typo in a YAML key must fail loudly, never fall back to a default.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
 # ----------------------------------------------------------------------------- models
-class VllmOptions(Section):
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    # "ray" spans nodes (start a Ray cluster first); "mp" is one node.
-    distributed_executor_backend: Literal["mp", "ray"] | None = None
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    enforce_eager: bool = False
-    # torch.compile the model (None: on GPUs, not on CPUs, where compiling costs minutes per engine
-    # start that a small run never wins back).
-    compile: bool | None = None
-    # Serve a LoRA checkpoint as an adapter instead of merging it into the base weights.
-    lora_as_adapter: bool = False
-    max_lora_rank: int = 64
-
-
-class LlamaCppOptions(Section):
-    workers: int = 2  # processes, `threads` each (1-thread workers, one per core: measured fastest)
-    threads: int = 1
-    slots: int = Field(16, ge=1)  # rows in flight per worker; > 1 puts workers and slots in the cache key
-    n_ctx: int = 2048  # context per row: prompt + new tokens must fit
-    weights: Literal["f16", "gguf"] = "f16"  # f16: LoRA merged into a cached float16 copy; gguf: file as is
-
-
-class OpenAIOptions(Section):
-    base_url: str = "https://api.openai.com/v1"
-    # Name of the environment variable holding the key; the key itself never enters params or logs.
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 6
-    backoff_s: float = 1.0
-    price_per_1m_input_usd: float = 0.0
-    price_per_1m_output_usd: float = 0.0
-
-
 class ModelSpec(Section):
     """Which model and how to run it. `name`: smollm2-135m-instruct | micro | hub id | folder | .gguf file."""
 
@@ -132,6 +91,8 @@ class BenchmarksOptions(Section):
     # Folders searched to fill `folder` before any download (checksums verified).
     fill_from: list[str] = ["../shared/benchmarks"]
     download: bool = True
+    # LiveCodeBench's release JSONL files (none ship): here, where every stage that reads them hashes it.
+    livecodebench_folder: str | None = None
 
 
 class SourceOptions(Section):
@@ -189,7 +150,7 @@ class DedupOptions(Section):
 
 
 class DecontamOptions(Section):
-    # livecodebench: only where its release files are configured (evaluate.livecodebench_folder)
+    # livecodebench: only where its release files are configured (benchmarks.livecodebench_folder)
     benchmarks: list[Literal["humaneval", "humaneval+", "mbpp+", "bigcodebench", "livecodebench"]] = [
         "humaneval",
         "humaneval+",
@@ -370,7 +331,6 @@ class EvaluateOptions(Section):
     heldout_problems: bool = False
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=512)
     k: list[int] = [1]
-    livecodebench_folder: str | None = None
 
 
 class Config(Section):
@@ -388,6 +348,12 @@ class Config(Section):
     influence: InfluenceOptions = InfluenceOptions()
     final: FinalOptions = FinalOptions()
     evaluate: EvaluateOptions = EvaluateOptions()
+
+    def __getattribute__(self, name: str) -> Any:
+        # Why: a stage must read only the sections its settings hash covers (`core.reads` notes them).
+        if reads.RECORDING:
+            reads.note(self, name)
+        return super().__getattribute__(name)
 
     def section_hash(self, names: list[str]) -> str:
         """Hash of the named top-level sections: what a stage's outputs depend on."""

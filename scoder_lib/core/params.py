@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from scoder_lib.core.config import REPO_ROOT, Config, ConfigError
 
 PARAMS_DIR = REPO_ROOT / "params"
+# Keys that moved: where they live now (a params file written for the old place gets told).
+MOVED = {"evaluate.livecodebench_folder": "benchmarks.livecodebench_folder"}
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -44,6 +46,8 @@ def _one_line(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc) or "<top>"
+    if first["type"] == "extra_forbidden" and key in MOVED:
+        return f"{path}: key '{key}' has moved: write it as '{MOVED[key]}'"
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(Config, loc)
         return f"{path}: unknown key '{key}'; allowed here: {', '.join(allowed)}"
@@ -108,3 +112,15 @@ def _check_paths(path: Path, cfg: Config) -> None:
             raise ConfigError(f"{path}: key 'preprocess.sources.{i}.path': folder {src.path!r} does not exist")
         if src.kind == "files" and not list(cfg.resolve(src.path or "").parent.glob(Path(src.path or "").name)):
             raise ConfigError(f"{path}: key 'preprocess.sources.{i}.path': no file matches {src.path!r}")
+    lcb = cfg.benchmarks.livecodebench_folder
+    for key, names in [
+        ("evaluate.benchmarks", cfg.evaluate.benchmarks),
+        ("preprocess.decontam.benchmarks", cfg.preprocess.decontam.benchmarks),
+    ]:
+        if "livecodebench" in names and lcb is None:
+            raise ConfigError(
+                f"{path}: key '{key}' names livecodebench: set benchmarks.livecodebench_folder to the folder "
+                "with its release JSONL files"
+            )
+    if lcb is not None and not cfg.resolve(lcb).is_dir():
+        raise ConfigError(f"{path}: key 'benchmarks.livecodebench_folder': folder {lcb!r} does not exist")

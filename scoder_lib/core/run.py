@@ -75,6 +75,24 @@ STAGES: tuple[StageDef, ...] = (
     StageDef("07_report", "Study report", (), hide_code=True),
 )
 BY_KEY = {s.key: s for s in STAGES}
+# Read by any stage, hashed by none: they name and describe the run, or say where caches live.
+UNHASHED = frozenset({"profile", "description", "inherit", "cache_dir"})
+
+
+def readable_sections(key: str) -> frozenset[str]:
+    """The config sections a stage may read: its own and every earlier stage's.
+
+    Why earlier ones too: a change there reruns the earlier stage, and make's chain of markers then
+    reruns this one; an ablation whose earlier section differs computes that stage, and takes nothing
+    after it. A later stage's section is not covered: a change to it would neither rerun this stage nor
+    stop an ablation from taking it."""
+    sd = stage_def(key)
+    if not sd.sections:  # the report: it reads every stage's outputs, whatever their settings
+        return frozenset(Config.model_fields)
+    out = set(UNHASHED)
+    for earlier in STAGES[: STAGES.index(sd) + 1]:
+        out |= set(earlier.sections)
+    return frozenset(out)
 
 
 def stage_def(key: str) -> StageDef:

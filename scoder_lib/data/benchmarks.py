@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from scoder_lib.core.config import Config, ConfigError
 from scoder_lib.core.hashing import sha256_file
 from scoder_lib.core.logs import get_logger
 
@@ -194,6 +195,21 @@ def load_tasks(
         }
         tasks.append(Task(name, r["task_id"], r["prompt"], r["entry_point"], solution, test, extra))
     return tasks
+
+
+def configured_tasks(cfg: Config, name: str) -> list[Task]:
+    """A benchmark's tasks from where the params put its files: `benchmarks.folder` (filled from
+    `fill_from`, else downloaded), LiveCodeBench's from `benchmarks.livecodebench_folder`. Why one
+    function: decontamination and evaluation must read the same files."""
+    b = cfg.benchmarks
+    if name == "livecodebench":
+        if b.livecodebench_folder is None:
+            raise ConfigError(
+                "benchmark 'livecodebench' is named in the params: set benchmarks.livecodebench_folder "
+                "to the folder with its release JSONL files (the livecodebench/code_generation_lite dataset)"
+            )
+        return load_tasks(name, cfg.resolve(b.livecodebench_folder))
+    return load_tasks(name, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
 
 
 def benchmark_texts(task: Task) -> list[str]:

@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from scoder_lib.core.config import Config, ConfigError, DecontamOptions
+from scoder_lib.core.config import Config, DecontamOptions
 from scoder_lib.core.logs import get_logger
-from scoder_lib.data.benchmarks import benchmark_texts, load_tasks
+from scoder_lib.data.benchmarks import benchmark_texts, configured_tasks
 from scoder_lib.data.codetokens import code_tokens, ngram_hashes, normalize
 
 log = get_logger(__name__)
@@ -109,23 +108,10 @@ class Decontaminator:
         return None
 
 
-def build(cfg: Config, folder: Path | None = None) -> Decontaminator:
+def build(cfg: Config) -> Decontaminator:
     """The index over every benchmark the profile decontaminates against."""
-    bopts = cfg.benchmarks
-    folder = folder or cfg.resolve(bopts.folder)
-    fill = [cfg.resolve(p) for p in bopts.fill_from]
     texts = []
     for name in cfg.preprocess.decontam.benchmarks:
-        if name == "livecodebench":  # its release files live where evaluation reads them (no download)
-            lcb = cfg.evaluate.livecodebench_folder
-            if lcb is None:
-                raise ConfigError(
-                    "preprocess.decontam.benchmarks names livecodebench: set "
-                    "evaluate.livecodebench_folder to the folder with its release JSONL files"
-                )
-            tasks = load_tasks(name, cfg.resolve(lcb))
-        else:
-            tasks = load_tasks(name, folder, fill, bopts.download)
-        for task in tasks:
+        for task in configured_tasks(cfg, name):
             texts += [(name, task.task_id, t) for t in benchmark_texts(task)]
     return Decontaminator(texts, cfg.preprocess.decontam)

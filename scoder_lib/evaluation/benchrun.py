@@ -11,7 +11,7 @@ from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_jsonl
 from scoder_lib.core.records import EvalResult, SeedSample
 from scoder_lib.core.stats import mean_ci, wilson
-from scoder_lib.data.benchmarks import Task, load_tasks
+from scoder_lib.data.benchmarks import Task, configured_tasks
 from scoder_lib.evaluation.compare import HELDOUT_TESTS, MBPP_BASE, one_answer_per_task, tests_share_by_task
 from scoder_lib.evaluation.evaluate import SKIP_REASON, build_prompt, evaluate_samples, judgeable, write_results
 from scoder_lib.llm import student_format
@@ -51,11 +51,7 @@ def chosen_tasks(cfg: Config, benchmark: str, heldout: list[SeedSample] | None =
     n_tasks and the paired tests all count the same tasks."""
     if benchmark == HELDOUT:
         return heldout_tasks(heldout or []), 0
-    b = cfg.benchmarks
-    source = TASKS_OF.get(benchmark, benchmark)
-    tasks = choose(
-        cfg, benchmark, load_tasks(source, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
-    )
+    tasks = choose(cfg, benchmark, configured_tasks(cfg, TASKS_OF.get(benchmark, benchmark)))
     return judgeable(benchmark, tasks)
 
 
@@ -87,12 +83,11 @@ def run_benchmark(
     results = gen.generate(requests(tasks, cfg), desc=f"{benchmark}: generating")
     samples = samples_from(tasks, [r.texts for r in results], cfg)
     write_jsonl(out / "samples.jsonl", samples)
-    e, b = cfg.execution, cfg.benchmarks
+    e = cfg.execution
     judged = tasks
     if benchmark in TASKS_OF:  # prompts borrowed from another benchmark; judged with this one's own tests
         ids = {t.task_id for t in tasks}
-        own = load_tasks(benchmark, cfg.resolve(b.folder), [cfg.resolve(p) for p in b.fill_from], b.download)
-        judged = [t for t in own if t.task_id in ids]
+        judged = [t for t in configured_tasks(cfg, benchmark) if t.task_id in ids]
     rows, summary = evaluate_samples(
         benchmark,
         samples,

@@ -8,7 +8,7 @@ from typing import Any
 
 from scoder_lib.core.config import Config
 from scoder_lib.core.hashing import fingerprint
-from scoder_lib.core.io import iter_jsonl
+from scoder_lib.core.io import iter_jsonl, read_json
 from scoder_lib.core.logs import get_logger
 from scoder_lib.core.records import RecordError, Sample, SeedSample
 from scoder_lib.data.decontam import Decontaminator
@@ -153,19 +153,14 @@ def leaks(seeds: SeedSet) -> list[str]:
     return [r.id for r in seeds.heldout if source_file(r) in train_files or r.entry_point in train_entries]
 
 
+# Stage 02 writes the teacher responses' lengths here; each stage that samples a synthesizer checks its
+# own max_new_tokens against them (a stage reads only the config sections its settings hash covers).
+RESPONSE_TOKENS = "teacher_response_tokens.json"
+
+
 def response_tokens(tokenizer: Any, rows: list[SeedSample]) -> list[int]:
     """Each teacher response's length in the synthesizer's tokens: what `max_new_tokens` counts."""
     return [len(tokenizer(response(r), add_special_tokens=False)["input_ids"]) for r in rows]
-
-
-def sampling_limits(cfg: Config) -> dict[str, int]:
-    """`max_new_tokens` wherever a synthesizer writes: the yardstick, each iteration's candidates, the
-    final synthesis."""
-    return {
-        "yardstick": cfg.seed_stage.compare_sampling.max_new_tokens,
-        "iterations": cfg.iterate.sampling.max_new_tokens,
-        "final": cfg.final.sampling.max_new_tokens,
-    }
 
 
 def cut_at_limits(lengths: list[int], limits: dict[str, int], tolerance: float = 0.01) -> dict[str, float]:
@@ -189,3 +184,8 @@ def cut_at_limits(lengths: list[int], limits: dict[str, int], tolerance: float =
                 max(lengths),
             )
     return shares
+
+
+def cut_by_limit(seed_dir: Path, name: str, max_new_tokens: int) -> float:
+    """The share of the teacher responses (their lengths from stage 02's folder) cut at this limit."""
+    return cut_at_limits(read_json(seed_dir / RESPONSE_TOKENS), {name: max_new_tokens})[name]

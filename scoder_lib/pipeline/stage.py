@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from scoder_lib.core.config import Config
 from scoder_lib.core.io import write_json
 from scoder_lib.core.logs import get_logger, setup_logging
-from scoder_lib.core.run import MARKER, Run, StageRef
+from scoder_lib.core.reads import record_reads, recorded_reads
+from scoder_lib.core.run import MARKER, Run, StageRef, readable_sections
 from scoder_lib.pipeline.engines import stage_engines
 from scoder_lib.pipeline.share import clear_shared
 from scoder_lib.sandbox.isolation import isolation_in_force, summary
@@ -38,6 +39,7 @@ class Stage:
         self.figures = self.dir / "figures"
         self.started = time.monotonic()
         log.info("stage %s (run %s, profile %s) -> %s", self.ref.id, self.run.name, self.cfg.profile, self.dir)
+        record_reads(self.cfg)  # from here to `finish`: the stage's own work
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -57,6 +59,20 @@ class Stage:
         display(fig)
         plt.close(fig)  # one figure per call: no duplicate rendering, no memory growth
 
+    def reads_outside_hash(self) -> list[str]:
+        """Stop recording; the config sections this stage read that its settings hash does not cover
+        (nor an earlier stage's), logged as a warning: a change to them would neither rerun this stage
+        nor stop an ablation run from taking it."""
+        outside = sorted(recorded_reads(self.cfg) - readable_sections(self.key))
+        if outside:
+            log.warning(
+                "stage %s read config sections outside its settings hash: %s (a change to them would not rerun "
+                "it): add them to its sections in core.run.STAGES, or read them in the stage they belong to",
+                self.ref.id,
+                ", ".join(outside),
+            )
+        return outside
+
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Write metrics.json (flat scalars) then the success marker, last, so a crash never fakes done."""
         bad = {
@@ -67,6 +83,7 @@ class Stage:
         if bad:
             raise TypeError(f"metrics must be flat scalars; not scalar: {bad}")
         wall = time.monotonic() - self.started
+        outside = self.reads_outside_hash()
         # NaN/inf are not JSON: an undefined metric (a correlation over one sample) is written as null.
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
         write_json(self.path("metrics.json"), clean, sort_keys=False)  # the notebook's order: headline first
@@ -79,6 +96,8 @@ class Stage:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "notebook_wall_s": round(wall, 1),
         }
+        if outside:
+            marker["config_reads_outside_hash"] = outside
         engines = stage_engines(self.cfg, self.key)
         if engines:  # which backend and launcher ran this stage's models and training
             marker["engines"] = engines
