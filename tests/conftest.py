@@ -41,6 +41,14 @@ def strays(before: set[int], settle_s: float = 5.0) -> set[int]:
     return left
 
 
+def alive_after(pids: list[int], wait_s: float) -> list[int]:
+    """Those of `pids` still live after waiting up to `wait_s` for all of them to go."""
+    deadline = time.monotonic() + wait_s
+    while (left := [p for p in pids if live_stat(p) is not None]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 def live_stat(pid: int | str) -> list[bytes] | None:
     """/proc/PID/stat's fields after the command (state, ppid, ...); None once the process is gone or a
     zombie (it runs nothing: it waits for whoever adopted it to reap it)."""

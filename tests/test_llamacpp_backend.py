@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import live_stat
+from conftest import alive_after, live_stat
 from peft import LoraConfig, get_peft_model
 from safetensors.numpy import load_file
 
@@ -352,10 +352,8 @@ def test_workers_exit_when_their_parent_is_killed(cache_dir, phase):
         time.sleep(3)  # decoding: the first of the 64 rows is under way
         child.kill()  # SIGKILL: no clean-up of any kind in the parent
         child.wait(timeout=10)
-        deadline = time.monotonic() + 3 * llamacpp_worker.PARENT_CHECK_S + 5
-        while any(live_stat(p) is not None for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(live_stat(p) is not None for p in pids), f"workers {pids} outlived their killed parent ({phase})"
+        left = alive_after(pids, 3 * llamacpp_worker.PARENT_CHECK_S + 5)
+        assert not left, f"workers {left} of {pids} outlived their killed parent ({phase})"
     finally:
         child.kill()
         child.wait(timeout=10)

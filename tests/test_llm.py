@@ -6,12 +6,11 @@ import ast
 import os
 import re
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import live_stat
+from conftest import alive_after, live_stat
 
 from scoder_lib.core.config import ConfigError, LoraOptions, ModelSpec, Sampling, TrainOptions
 from scoder_lib.llm.base import GenRequest
@@ -225,10 +224,7 @@ def test_stopping_a_worker_leaves_none_of_its_processes(micro, cache_dir, tmp_pa
     assert live_stat(child) is not None
     own_group = os.getpgid(backend.proc.pid) != os.getpgid(0)
     stop_workers()
-    deadline = time.monotonic() + 10
-    while live_stat(child) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert live_stat(child) is None, "a process of the worker outlived it"
+    assert not alive_after([child], 10), "a process of the worker outlived it"
     assert own_group  # so a SIGINT to this process's group (a kernel shutting down) does not reach it
     # a worker that died on its own: the next backend that asks for one clears what it left
     backend = make_backend(micro.model_copy(update={"python": str(python)}), cache_dir)
@@ -237,10 +233,7 @@ def test_stopping_a_worker_leaves_none_of_its_processes(micro, cache_dir, tmp_pa
     backend.proc.wait()
     try:
         make_backend(micro.model_copy(update={"python": str(python)}), cache_dir)
-        deadline = time.monotonic() + 10
-        while live_stat(child) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert live_stat(child) is None, "a dead worker's process outlived it"
+        assert not alive_after([child], 10), "a dead worker's process outlived it"
     finally:
         stop_workers()
 
